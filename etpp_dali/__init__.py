@@ -1,0 +1,7 @@
+"""etpp-dali: EfficientTrain++ curriculum training on an NVIDIA DALI data pipeline."""
+
+__version__ = "0.1.0"
+
+from .curriculum import Curriculum, SchedulePosition, ScheduleError, Stage, StageSpec  # noqa: E402
+
+__all__ = ["Curriculum", "SchedulePosition", "ScheduleError", "Stage", "StageSpec", "__version__"]

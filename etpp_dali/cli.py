@@ -1,0 +1,138 @@
+"""The ``etpp`` command line. Heavy imports (torch, DALI) happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .curriculum import FAMILIES, PRESETS, Curriculum, ScheduleError
+
+
+def _fail(message: str) -> None:
+    """One clear line on stderr and exit status 2 (bad input), as click does for usage errors."""
+    raise click.ClickException(message)
+
+
+def build_curriculum(preset: str, family: str, budget: float | None, resolution: int | None,
+                     replay: bool = False, baseline_budget: float | None = None) -> Curriculum:
+    """``--preset`` is a preset name or a schedule file; the other flags override it."""
+    try:
+        if preset in PRESETS:
+            kwargs = {} if baseline_budget is None else {"baseline_budget": baseline_budget}
+            return Curriculum.preset(preset, family=family, budget=budget,
+                                     resolution=resolution or 224, replay=replay, **kwargs)
+        path = Path(preset)
+        if not path.exists():
+            _fail(f"--preset {preset!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
+                  "schedule file")
+        return Curriculum.from_file(path, resolution=resolution, budget=budget)
+    except ScheduleError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail raises
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="etpp")
+def main() -> None:
+    """EfficientTrain++ curriculum training on an NVIDIA DALI data pipeline."""
+
+
+@main.command()
+@click.option("--preset", default="etpp", show_default=True,
+              help=f"A preset ({', '.join(PRESETS)}) or a YAML/JSON schedule file.")
+@click.option("--family", type=click.Choice(sorted(FAMILIES)), default="resnet", show_default=True,
+              help="Model family of the etpp preset (sets the bands).")
+@click.option("--budget", type=float, default=None,
+              help="Budget E in full-resolution epochs (etpp; default 200) or epochs (et, baseline; 300).")
+@click.option("--resolution", type=int, default=None,
+              help="Full resolution R; bands scale as B*R/224 (default 224, or the file's).")
+@click.option("--replay", is_flag=True, help="Turn on the reference's replay presets (etpp).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write a PNG of band and magnitude against the compute fraction.")
+def schedule(preset: str, family: str, budget: float | None, resolution: int | None, replay: bool,
+             as_json: bool, plot: str | None) -> None:
+    """Print a curriculum: per stage its band, magnitude, replay and data epochs; then the totals."""
+    cur = build_curriculum(preset, family, budget, resolution, replay)
+    summary = cur.summary()
+    if plot:
+        from .plots import plot_schedule
+
+        summary["plot"] = str(plot_schedule(cur, plot))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{cur.name}: budget E = {cur.budget:g} ({'full-resolution epochs of compute' if cur.split == 'compute' else 'data epochs'}), "
+               f"R = {cur.resolution}, cost ~ (B/R)^{cur.alpha:g}")
+    header = f"{'stage':>5} {'band':>5} {'mag':>5} {'replay':>6} {'epochs':>7} {'epoch range':>13} {'compute':>8} {'cumul.':>7}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for row in summary["stages"]:
+        rng = f"{row['start_epoch']}-{row['end_epoch'] - 1}" if row["epochs"] else "-"
+        click.echo(f"{row['stage']:>5} {row['band']:>5} {row['magnitude']:>5g} {row['replay']:>6} "
+                   f"{row['epochs']:>7} {rng:>13} {row['compute_share']:>8.1%} {row['cumulative_compute']:>7.1%}")
+    click.echo("-" * len(header))
+    click.echo(f"data epochs {summary['data_epochs']}, compute {summary['total_compute']:.1f} full-res epochs, "
+               f"relative compute {summary['relative_compute']:.3f} of a {summary['baseline_budget']:g}-epoch "
+               f"baseline, speed-up {summary['speedup']:.2f}x")
+    if plot:
+        click.echo(f"plot written to {summary['plot']}")
+
+
+@main.command("demo-data")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--classes", type=int, default=10, show_default=True)
+@click.option("--train-per-class", type=int, default=100, show_default=True)
+@click.option("--val-per-class", type=int, default=25, show_default=True)
+@click.option("--size", type=int, default=72, show_default=True, help="Image side in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_data(out_dir: str, classes: int, train_per_class: int, val_per_class: int, size: int, seed: int) -> None:
+    """Write the deterministic demo ImageFolder (train/ and val/) to OUT_DIR."""
+    from .data import DataError, DemoSpec, write_demo_dataset
+
+    spec = DemoSpec(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
+                    size=size, seed=seed)
+    try:
+        path = write_demo_dataset(out_dir, spec)
+    except DataError as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {classes * (train_per_class + val_per_class)} images "
+               f"({classes} classes, {size}x{size}) to {path}")
+
+
+@main.command("check-data")
+@click.argument("data_dir", type=click.Path())
+@click.option("--no-cache", is_flag=True, help="Re-inspect every file instead of trusting the scan cache.")
+def check_data(data_dir: str, no_cache: bool) -> None:
+    """Report every file the pipeline will not decode, empty classes, and val-only classes.
+
+    Exit status 0 when the data set is clean, 1 with the list of problems otherwise. The data
+    is never changed.
+    """
+    from .data import DataError, scan_dataset
+
+    try:
+        scan = scan_dataset(data_dir, use_cache=not no_cache)
+    except DataError as exc:
+        _fail(str(exc))
+    splits = [("train" if scan.val is not None or (Path(data_dir) / "train").is_dir() else ".", scan.train)]
+    if scan.val is not None:
+        splits.append(("val", scan.val))
+    for name, split in splits:
+        click.echo(f"{name}: {len(split)} images in {len(split.classes)} classes, {len(split.bad)} bad files")
+    problems = scan.problems()
+    if not problems:
+        click.echo("clean: every file decodes")
+        return
+    click.echo(f"{len(problems)} problem(s):")
+    for p in problems:
+        click.echo(f"  {p}")
+    sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

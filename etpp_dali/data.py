@@ -1,0 +1,386 @@
+"""Data sets on disk: scan and validate an ImageFolder tree, and write the embedded demo set.
+
+Scanning reads each file's header (format and size, no full decode) and checks that the file
+ends where its format says it must (a JPEG's EOI marker, a PNG's IEND chunk), which catches
+truncated downloads. Results are cached by (path, size, mtime), so a second scan of ImageNet
+costs one ``stat`` per file. Nothing here writes into the data folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "BadFile",
+    "DataError",
+    "DatasetScan",
+    "ImageRecord",
+    "SplitScan",
+    "cache_dir",
+    "demo_dataset",
+    "inspect_image",
+    "scan_dataset",
+    "scan_split",
+    "write_demo_dataset",
+]
+
+# PIL format names of what DALI's decoders (nvImageCodec, CPU and GPU) take.
+DECODABLE_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "JPEG2000", "PPM"}
+_SCAN_VERSION = 1
+
+
+class DataError(ValueError):
+    """A data set that cannot be used; the message names the path and what to do."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One decodable image: its path, class index and pixel size."""
+
+    path: str
+    label: int
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file the pipeline will not decode, with the reason."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class SplitScan:
+    """One split (a folder of class folders) after validation."""
+
+    root: Path
+    classes: list[str]
+    records: list[ImageRecord] = field(default_factory=list)
+    bad: list[BadFile] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def problems(self) -> list[str]:
+        out = [str(b) for b in self.bad]
+        out += [f"{self.root / c}: empty class folder (no decodable image)" for c in self.empty_classes]
+        return out
+
+
+@dataclass
+class DatasetScan:
+    """A data set root: train/ and val/ splits (or one split when the root holds classes)."""
+
+    root: Path
+    train: SplitScan
+    val: SplitScan | None
+    val_only_classes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def problems(self) -> list[str]:
+        out = self.train.problems()
+        if self.val is not None:
+            out += self.val.problems()
+        out += [f"{self.root / 'val' / c}: class {c!r} is in val/ but not in train/"
+                for c in self.val_only_classes]
+        return out
+
+
+# ---------------------------------------------------------------------------------- files
+def inspect_image(path: str | Path) -> tuple[str, int, int]:
+    """Return ``(format, width, height)`` of a file the decoders take, else raise ``DataError``.
+
+    The reason in the error is what a user needs to fix the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"cannot stat ({exc.strerror})") from None
+    if size == 0:
+        raise DataError("zero bytes")
+    try:
+        with Image.open(path) as img:
+            fmt = img.format or "unknown"
+            width, height = img.size
+    except UnidentifiedImageError:
+        raise DataError("not an image (unrecognised content)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"unreadable header ({exc})") from None
+    if fmt not in DECODABLE_FORMATS:
+        raise DataError(f"{fmt} is a format the decoders do not take; convert it to JPEG or remove it")
+    if width < 1 or height < 1:
+        raise DataError(f"empty image ({width} x {height})")
+    tail = _read_tail(path, min(size, 4096))
+    if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in tail:
+        raise DataError("truncated JPEG (no end-of-image marker)")
+    if fmt == "PNG" and b"IEND" not in tail:
+        raise DataError("truncated PNG (no IEND chunk)")
+    return fmt, width, height
+
+
+def _read_tail(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-n, os.SEEK_END)
+        return f.read()
+
+
+def cache_dir() -> Path:
+    """Where the project caches scans and the demo set (``ETPP_CACHE`` overrides)."""
+    root = os.environ.get("ETPP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "etpp-dali")
+    return Path(root)
+
+
+class _ScanCache:
+    """Per-file validation results keyed by (size, mtime), one JSON file per split root."""
+
+    def __init__(self, root: Path, enabled: bool) -> None:
+        key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:20]
+        self.path = cache_dir() / "scans" / f"{key}.json"
+        self.enabled = enabled
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        if enabled and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+                if data.get("version") == _SCAN_VERSION:
+                    self.entries = data["entries"]
+            except (OSError, ValueError, KeyError):
+                self.entries = {}  # a damaged cache is rebuilt, never trusted
+
+    def lookup(self, rel: str, st: os.stat_result) -> list | None:
+        hit = self.entries.get(rel)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit
+        return None
+
+    def store(self, rel: str, st: os.stat_result, result: list) -> None:
+        self.entries[rel] = [st.st_size, st.st_mtime_ns, *result]
+        self.dirty = True
+
+    def save(self) -> None:
+        if not (self.enabled and self.dirty):
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": _SCAN_VERSION, "entries": self.entries}))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a cache that cannot be written only costs time next run
+
+
+def _list_classes(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_cache: bool = True) -> SplitScan:
+    """Validate every file under ``root/<class>/``; ``classes`` fixes the label order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; give an ImageFolder root (one folder per class)")
+    found = _list_classes(root)
+    classes = list(classes) if classes is not None else found
+    if not classes:
+        raise DataError(f"{root}: holds no class folders; lay the images out as {root}/<class>/<image>")
+    index = {c: i for i, c in enumerate(classes)}
+    cache = _ScanCache(root, use_cache)
+    scan = SplitScan(root=root, classes=classes)
+    for cls in found:
+        if cls not in index:
+            continue  # a val-only class: reported by scan_dataset
+        folder = root / cls
+        good = 0
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = Path(dirpath) / name
+                rel = str(path.relative_to(root))
+                try:
+                    st = path.stat()
+                except OSError as exc:
+                    scan.bad.append(BadFile(str(path), f"cannot stat ({exc.strerror})"))
+                    continue
+                hit = cache.lookup(rel, st)
+                if hit is None:
+                    try:
+                        fmt, w, h = inspect_image(path)
+                        result = ["ok", fmt, w, h]
+                    except DataError as exc:
+                        result = ["bad", str(exc)]
+                    cache.store(rel, st, result)
+                else:
+                    result = hit[2:]
+                if result[0] == "ok":
+                    scan.records.append(ImageRecord(str(path), index[cls], result[2], result[3], result[1]))
+                    good += 1
+                else:
+                    scan.bad.append(BadFile(str(path), result[1]))
+        if good == 0:
+            scan.empty_classes.append(cls)
+    cache.save()
+    return scan
+
+
+def scan_dataset(root: str | Path, *, use_cache: bool = True) -> DatasetScan:
+    """Scan ``root/train`` and ``root/val`` (or ``root`` itself when it holds class folders).
+
+    Val classes are indexed like train's, so labels agree; a val class that train lacks is a
+    problem, reported in :meth:`DatasetScan.problems`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; give a data set root with train/ (and val/) inside")
+    train_dir, val_dir = root / "train", root / "val"
+    if not train_dir.is_dir():
+        if val_dir.is_dir():
+            raise DataError(f"{root}: has val/ but no train/; add the training images under {train_dir}")
+        return DatasetScan(root, scan_split(root, use_cache=use_cache), None)
+    train = scan_split(train_dir, use_cache=use_cache)
+    val = None
+    val_only: list[str] = []
+    if val_dir.is_dir():
+        val_classes = _list_classes(val_dir)
+        val_only = [c for c in val_classes if c not in set(train.classes)]
+        val = scan_split(val_dir, train.classes, use_cache=use_cache)
+        # classes with no val images are fine (a small val split); only missing train ones matter
+        val.empty_classes = [c for c in val.empty_classes if c in val_classes]
+    return DatasetScan(root, train, val, val_only)
+
+
+# ------------------------------------------------------------------------------- demo set
+@dataclass(frozen=True)
+class DemoSpec:
+    """Parameters of the embedded demo set; equal specs give byte-identical files."""
+
+    classes: int = 10
+    train_per_class: int = 100
+    val_per_class: int = 25
+    size: int = 72
+    seed: int = 0
+    quality: int = 90
+
+    def key(self) -> str:
+        return (f"demo-c{self.classes}-t{self.train_per_class}-v{self.val_per_class}"
+                f"-s{self.size}-r{self.seed}-q{self.quality}")
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV -> RGB, all in 0..1; returns ``(..., 3)``."""
+    i = np.floor(h * 6.0).astype(int) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = np.zeros(np.broadcast(h, s, v).shape + (3,))
+    for k, (r, g, b) in enumerate(choices):
+        mask = i == k
+        out[..., 0] = np.where(mask, r, out[..., 0])
+        out[..., 1] = np.where(mask, g, out[..., 1])
+        out[..., 2] = np.where(mask, b, out[..., 2])
+    return out
+
+
+def _demo_image(label: int, spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
+    """One ``size x size x 3`` uint8 image of class ``label``.
+
+    Class = (layout, texture): the layout (a soft blob of one hue on a background of another,
+    both low-frequency) is shared by ``textures`` classes, and the texture (fine stripes,
+    horizontal or vertical, a period of 3-4 px: high frequency) tells them apart. A model that
+    sees only low frequencies can tell the layout but not the texture, so a curriculum from low to
+    full band is meaningful; random jitter, distractor blobs and noise keep it from being trivial.
+    """
+    textures = 2
+    layouts = max(1, -(-spec.classes // textures))
+    layout, texture = label // textures, label % textures
+    s = spec.size
+    yy, xx = np.mgrid[0:s, 0:s] / s
+    # low frequencies: background hue gradient and the class blob, with jitter
+    hue_bg = (layout / layouts + 0.5 + rng.normal(0, 0.03)) % 1.0
+    hue_blob = (layout / layouts + rng.normal(0, 0.03)) % 1.0
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5))
+    bg = _hsv_to_rgb(np.full_like(xx, hue_bg), np.full_like(xx, 0.45), 0.55 + 0.25 * ramp)
+    cy, cx = rng.uniform(0.3, 0.7, size=2)
+    radius = rng.uniform(0.18, 0.3)
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))[..., None]
+    fg = _hsv_to_rgb(np.full_like(xx, hue_blob), np.full_like(xx, 0.8), np.full_like(xx, 0.85))
+    img = bg * (1 - blob) + fg * blob
+    # a distractor blob of a random hue, so colour alone is not a perfect cue
+    dy, dx = rng.uniform(0.1, 0.9, size=2)
+    d = np.exp(-((yy - dy) ** 2 + (xx - dx) ** 2) / (2 * rng.uniform(0.06, 0.12) ** 2))[..., None]
+    img = img * (1 - 0.6 * d) + 0.6 * d * _hsv_to_rgb(np.array(rng.uniform()), np.array(0.7), np.array(0.8))
+    # high frequencies: fine stripes whose orientation is the texture id (flip-invariant)
+    period = rng.uniform(3.0, 4.0)
+    coord = (yy if texture == 0 else xx) * s
+    stripes = np.sin(2 * np.pi * coord / period + rng.uniform(0, 2 * np.pi))
+    img = img + 0.13 * stripes[..., None]
+    img = img + rng.normal(0, 0.04, size=img.shape)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_demo_dataset(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
+    """Write the demo set as an ImageFolder of JPEGs (``train/`` and ``val/``) under ``out``.
+
+    Deterministic: the same spec gives the same bytes. Written into a temporary folder and
+    renamed, so an interrupted run never leaves a half set behind.
+    """
+    from PIL import Image
+
+    out = Path(out)
+    if spec.classes < 2 or spec.train_per_class < 1 or spec.val_per_class < 0 or spec.size < 16:
+        raise DataError("demo set: need --classes >= 2, --train-per-class >= 1, "
+                        "--val-per-class >= 0 and --size >= 16")
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: exists and is not empty; choose a new folder")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    for split, per_class, offset in (("train", spec.train_per_class, 0), ("val", spec.val_per_class, 1)):
+        for label in range(spec.classes):
+            folder = tmp / split / f"class_{label:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # one generator per (split, class): adding classes never changes existing images
+            rng = np.random.default_rng([spec.seed, offset, label])
+            for i in range(per_class):
+                buf = io.BytesIO()
+                Image.fromarray(_demo_image(label, spec, rng)).save(buf, format="JPEG", quality=spec.quality)
+                (folder / f"{split}_{label:02d}_{i:05d}.jpg").write_bytes(buf.getvalue())
+    if out.exists():
+        out.rmdir()
+    tmp.replace(out)
+    return out
+
+
+def demo_dataset(spec: DemoSpec = DemoSpec()) -> Path:
+    """The demo set in the cache folder, generated on first use."""
+    path = cache_dir() / spec.key()
+    if not (path / "train").is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write_demo_dataset(path, spec)
+        except OSError:
+            if not (path / "train").is_dir():  # another process may have won the rename
+                raise
+    return path
+

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real photos, small generated data sets, a private cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+HAS_CUDA = _has_cuda()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Scan caches and the demo set go to a temporary folder, never the user's cache."""
+    os.environ["ETPP_CACHE"] = str(tmp_path_factory.mktemp("etpp-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    if not HYMENOPTERA.is_dir():
+        pytest.skip(f"{HYMENOPTERA} is not here")
+    return HYMENOPTERA
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small demo set: 4 classes, 24 train and 6 val images each, 48 px."""
+    from etpp_dali.data import DemoSpec, write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo") / "set",
+                              DemoSpec(classes=4, train_per_class=24, val_per_class=6, size=48))

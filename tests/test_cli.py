@@ -1,0 +1,61 @@
+import json
+
+from click.testing import CliRunner
+
+from etpp_dali import __version__
+from etpp_dali.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_version_and_help_on_every_command():
+    assert __version__ in run("--version").output
+    for cmd in main.commands:
+        res = run(cmd, "--help")
+        assert res.exit_code == 0 and "Usage" in res.output, cmd
+
+
+def test_schedule_json_reference_numbers():
+    res = run("schedule", "--preset", "etpp", "--family", "resnet", "--budget", "200", "--json")
+    doc = json.loads(res.output)
+    assert abs(doc["data_epochs"] - 454) <= 5
+    assert abs(doc["speedup"] - 1.50) <= 0.02
+    assert {"band", "magnitude", "replay", "epochs", "compute"} <= set(doc["stages"][0])
+    assert "relative_compute" in doc
+
+
+def test_schedule_table_and_plot(tmp_path):
+    png = tmp_path / "s.png"
+    res = run("schedule", "--preset", "et", "--plot", str(png))
+    assert res.exit_code == 0
+    assert "data epochs 300" in res.output and "speed-up 1.53x" in res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_schedule_bad_inputs_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("budget: 100\nstages:\n  - {band: 999, magnitude: 1}\n")
+    for args, needle in ((["--preset", str(bad)], "stages[0].band = 999"),
+                         (["--preset", "nope"], "--preset 'nope'"),
+                         (["--budget", "-1"], "budget = -1")):
+        res = CliRunner().invoke(main, ["schedule", *args])
+        assert res.exit_code != 0
+        assert needle in res.output
+        assert res.output.strip().count("\n") == 0
+
+
+def test_check_data_exit_codes(hymenoptera, demo_root):
+    res = CliRunner().invoke(main, ["check-data", str(hymenoptera)])
+    assert res.exit_code == 1 and "imageNotFound.gif" in res.output
+    assert res.output.count("problem") == 1
+    res = CliRunner().invoke(main, ["check-data", str(demo_root)])
+    assert res.exit_code == 0 and "clean" in res.output
+
+
+def test_demo_data_command(tmp_path):
+    res = run("demo-data", str(tmp_path / "d"), "--classes", "2", "--train-per-class", "3",
+              "--val-per-class", "1", "--size", "24")
+    assert res.exit_code == 0
+    assert len(list((tmp_path / "d" / "train").rglob("*.jpg"))) == 6
