@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
+def _find_hymenoptera() -> Path:
+    """The shared photos: $ETPP_HYMENOPTERA, else ../shared beside the checkout, else /work/shared."""
+    candidates = [os.environ.get("ETPP_HYMENOPTERA", ""),
+                  Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera",
+                  Path("/work/shared/data/hymenoptera")]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return Path(candidates[1])
+
+
+HYMENOPTERA = _find_hymenoptera()
 
 
 def _has_cuda() -> bool:
