@@ -134,5 +134,87 @@ def check_data(data_dir: str, no_cache: bool) -> None:
     sys.exit(1)
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"{flag} {text!r} is not a comma-separated list of integers, e.g. 96,160,224")
+    if not values or any(v < 1 for v in values):
+        _fail(f"{flag} {text!r} needs positive integers, e.g. 96,160,224")
+    return values
+
+
+def _emit(doc: dict, json_path: str | None, table: str) -> None:
+    from .benchmark import write_results
+
+    write_results(doc, json_path)
+    click.echo(table)
+    if json_path:
+        click.echo(f"results written to {json_path}")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: images/sec of the crop, the loader and training, side by side in one run."""
+
+
+@bench.command("op")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--backends", default="matmul,fft", show_default=True)
+@click.option("--bands", default="96,160", show_default=True)
+@click.option("--input-size", type=int, default=224, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64", "uint8"]), default="float32", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads (CPU); default: all cores.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def bench_op_cmd(device, backends, bands, input_size, batch_size, layout, dtype, threads, json_path):
+    """The Fourier crop alone: images/sec per backend and band (and against a copy on CUDA)."""
+    from .benchmark import bench_op, markdown_table
+
+    backend_list = [b.strip() for b in backends.split(",") if b.strip()]
+    for b in backend_list:
+        if b not in ("matmul", "fft"):
+            _fail(f"--backends: {b!r} is unknown; use matmul and/or fft")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail("--device cuda: no CUDA GPU is visible on this machine; use --device cpu")
+    elif device != "cpu":
+        _fail(f"--device {device!r} is unknown; use cpu or cuda")
+    rows = bench_op(device=device, backends=backend_list, input_size=input_size,
+                    bands=_int_list(bands, "--bands"), batch=batch_size, layout=layout, dtype=dtype,
+                    threads=threads)
+    cols = ["device", "backend", "input", "band", "batch", "layout", "dtype", "threads", "images_per_s"]
+    if device.startswith("cuda"):
+        cols += ["copy_GBps", "op_time_in_copies"]
+    _emit({"benchmark": "op", "rows": rows}, json_path, markdown_table(rows, cols))
+
+
+@bench.command("crop")
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="ImageFolder (train/ inside or classes).")
+@click.option("--bands", default="96,160", show_default=True)
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--rounds", type=int, default=3, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def bench_crop_cmd(data_dir, bands, resolution, batch_size, threads, rounds, json_path):
+    """Decode, random crop, flip, then the exact crop vs the resize to B, in one DALI CPU run."""
+    from .benchmark import bench_crop_pipeline, markdown_table
+    from .data import DataError, scan_dataset
+
+    try:
+        scan = scan_dataset(data_dir)
+    except DataError as exc:
+        _fail(str(exc))
+    files = [r.path for r in scan.train.records]
+    rows = bench_crop_pipeline(files, bands=_int_list(bands, "--bands"), batch=batch_size, threads=threads,
+                               resolution=resolution, rounds=rounds)
+    table = markdown_table(rows, ["band", "resolution", "batch", "threads", "images_per_s", "ratio_vs_resize"])
+    _emit({"benchmark": "crop", "data": str(data_dir), "images": len(files), "rows": rows}, json_path, table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
