@@ -105,24 +105,31 @@ class DatasetScan:
 
 
 # ---------------------------------------------------------------------------------- files
-def inspect_image(path: str | Path) -> tuple[str, int, int]:
-    """Return ``(format, width, height)`` of a file the decoders take, else raise ``DataError``.
+def inspect_image(source: str | Path | bytes) -> tuple[str, int, int]:
+    """Return ``(format, width, height)`` of an image the decoders take, else raise ``DataError``.
 
-    The reason in the error is what a user needs to fix the file.
+    ``source`` is a path or the encoded bytes. The error's text is what a user needs to fix it.
     """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise DataError(f"cannot stat ({exc.strerror})") from None
+    if isinstance(source, (bytes, bytearray)):
+        size = len(source)
+        opener, tail = (lambda: io.BytesIO(source)), bytes(source[-4096:])
+    else:
+        try:
+            size = Path(source).stat().st_size
+        except OSError as exc:
+            raise DataError(f"cannot stat ({exc.strerror})") from None
+        opener, tail = (lambda: open(source, "rb")), b""
     if size == 0:
         raise DataError("zero bytes")
     try:
-        with Image.open(path) as img:
+        with opener() as f, Image.open(f) as img:
             fmt = img.format or "unknown"
             width, height = img.size
+            if not tail:
+                f.seek(max(0, size - 4096))
+                tail = f.read()
     except UnidentifiedImageError:
         raise DataError("not an image (unrecognised content)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -131,18 +138,11 @@ def inspect_image(path: str | Path) -> tuple[str, int, int]:
         raise DataError(f"{fmt} is a format the decoders do not take; convert it to JPEG or remove it")
     if width < 1 or height < 1:
         raise DataError(f"empty image ({width} x {height})")
-    tail = _read_tail(path, min(size, 4096))
     if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in tail:
         raise DataError("truncated JPEG (no end-of-image marker)")
     if fmt == "PNG" and b"IEND" not in tail:
         raise DataError("truncated PNG (no IEND chunk)")
     return fmt, width, height
-
-
-def _read_tail(path: Path, n: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(-n, os.SEEK_END)
-        return f.read()
 
 
 def cache_dir() -> Path:

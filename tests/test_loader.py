@@ -1,0 +1,192 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from etpp_dali import Curriculum, StageSpec
+from etpp_dali.data import DataError
+from etpp_dali.loader import CurriculumLoader, ValidationLoader
+from etpp_dali.sources import file_list
+
+pytest.importorskip("nvidia.dali")
+
+
+def small_schedule(resolution=32, replay=1, budget=2):
+    stages = [StageSpec(16, 0.0, 1 / 3), StageSpec(24, 4.0, 1 / 3, replay=replay), StageSpec(32, 9.0, 1 / 3)]
+    return Curriculum(stages, budget=budget, resolution=resolution, split="epochs")
+
+
+@pytest.fixture(scope="module")
+def unique_list(demo_root, tmp_path_factory):
+    """A file list where every image has its own label, so labels name the samples."""
+    files = sorted((demo_root / "train").rglob("*.jpg"))[:40]
+    path = tmp_path_factory.mktemp("list") / "unique.txt"
+    path.write_text("\n".join(f"{f} {i}" for i, f in enumerate(files)))
+    return path
+
+
+def epoch_labels(loader, epoch):
+    loader.set_epoch(epoch)
+    return [y.clone() for _, y in loader]
+
+
+def test_follows_the_schedule_without_lag_or_rebuild(demo_root):
+    cur = Curriculum([StageSpec(16, 0.0, 0.25), StageSpec(20, 3.0, 0.25), StageSpec(28, 6.0, 0.25),
+                      StageSpec(32, 9.0, 0.25)], budget=4, resolution=32, split="epochs")
+    loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", prefetch=3)
+    seen = []
+    for epoch in range(cur.total_epochs):
+        loader.set_epoch(epoch)
+        stage = cur.stage_at(epoch)
+        assert (loader.band, loader.magnitude, loader.stage.index) == (stage.band, stage.magnitude, stage.index)
+        count = 0
+        for x, y in loader:
+            meta = loader.batch_meta  # read back from the pipeline's own outputs
+            assert (meta["epoch"], meta["band"], meta["magnitude"]) == (epoch, stage.band, stage.magnitude)
+            assert x.shape == (16, 3, stage.band, stage.band) and x.dtype == torch.float32
+            assert y.dtype == torch.int64 and len(y) == 16
+            count += 1
+        assert count == len(loader) == 6  # 96 images / 16
+        seen.append(epoch)
+    assert loader.rebuilds == 1  # band and magnitude changed without a rebuild
+    assert abs(float(x.mean())) < 3 and float(x.std()) > 0.1  # normalised
+
+
+def test_same_seed_same_batches_and_fresh_shuffle_per_epoch(unique_list):
+    cur = small_schedule()
+    a = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=3)
+    b = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=3)
+    a.set_epoch(0)
+    b.set_epoch(0)
+    (xa, ya), (xb, yb) = next(iter(a)), next(iter(b))
+    assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    e0, e1 = torch.cat(epoch_labels(a, 0)), torch.cat(epoch_labels(a, 1))
+    assert sorted(e0.tolist()) == sorted(e1.tolist()) == list(range(40))  # every image, every epoch
+    assert not torch.equal(e0, e1)
+    c = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=4)
+    assert not torch.equal(torch.cat(epoch_labels(c, 0)), e0)
+
+
+def test_shards_are_disjoint_and_equal_in_length(unique_list):
+    cur = small_schedule()
+    ranks = [CurriculumLoader(unique_list, cur, batch_size=6, device="cpu", shard_id=r, num_shards=3) for r in range(3)]
+    for epoch in (0, 1):
+        parts = [torch.cat(epoch_labels(r, epoch)).tolist() for r in ranks]
+        assert len({len(p) for p in parts}) == 1 and len({len(r) for r in ranks}) == 1
+        sets = [set(p) for p in parts]
+        assert not (sets[0] & sets[1]) and not (sets[1] & sets[2]) and not (sets[0] & sets[2])
+        assert sum(len(s) for s in sets) == 39  # 40 // 3 per rank; the remainder waits an epoch
+
+
+def test_resume_continues_exactly(unique_list):
+    cur = small_schedule()
+    full = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=1)
+    reference = [(x.clone(), y.clone()) for e in range(2) for x, y in (full.set_epoch(e) or full)]
+    first = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=1)
+    first.set_epoch(0)
+    it = iter(first)
+    got = [next(it) for _ in range(3)]
+    state = first.state_dict()
+    assert (state["epoch"], state["step"]) == (0, 3)
+    second = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=1)
+    second.load_state_dict(state)
+    second.set_epoch(0)
+    got += [(x, y) for x, y in second]
+    second.set_epoch(1)
+    got += [(x, y) for x, y in second]
+    assert len(got) == len(reference)
+    for (x, y), (rx, ry) in zip(got, reference):
+        assert torch.equal(y, ry) and torch.equal(x, rx)
+    other = CurriculumLoader(unique_list, Curriculum.preset("etpp", resolution=32, budget=3), batch_size=8, device="cpu")
+    with pytest.raises(ValueError, match="another schedule"):
+        other.load_state_dict(state)
+
+
+def test_out_of_order_epoch_rebuilds_and_is_correct(unique_list):
+    cur = small_schedule()
+    loader = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu")
+    direct = epoch_labels(loader, 1)
+    again = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu")
+    epoch_labels(again, 0)
+    assert all(torch.equal(a, b) for a, b in zip(epoch_labels(again, 1), direct))
+    epoch_labels(again, 0)  # backwards: a rebuild
+    assert again.rebuilds == 2
+    with pytest.raises(ValueError, match="outside the schedule"):
+        again.set_epoch(cur.total_epochs)
+
+
+def test_replay_stage_mixes_fresh_and_buffered_samples(unique_list):
+    cur = small_schedule(replay=2, budget=6)
+    stage = cur.stages[1]
+    assert stage.replay == 2 and stage.epochs == 1
+    loader = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu")
+    loader.set_epoch(stage.start_epoch)
+    assert loader.fresh_batch_size() == 4 and len(loader) == 10  # 40 fresh images, 4 a step
+    seen: set[int] = set()
+    replayed_any = False
+    for x, y in loader:
+        assert x.shape == (8, 3, 24, 24) and loader.batch_meta["fresh"] == 4
+        fresh, replayed = set(y[:4].tolist()), set(y[4:].tolist())
+        seen |= fresh
+        assert replayed <= seen  # drawn from samples already produced in this stage
+        replayed_any |= bool(replayed - fresh)
+    assert seen == set(range(40)) and replayed_any
+
+
+def test_options_channels_last_dtype_and_resize_mode(demo_root):
+    cur = small_schedule()
+    loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", channels_last=True,
+                              dtype=torch.bfloat16, lowpass="resize", randaugment=False)
+    loader.set_epoch(0)
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_files_are_reported_once_and_skipped(hymenoptera, capfd):
+    cur = Curriculum([StageSpec(64, 5.0, 1.0)], budget=1, resolution=64, split="epochs")
+    loader = CurriculumLoader(hymenoptera, cur, batch_size=32, device="cpu")
+    err = capfd.readouterr().err
+    assert err.count("imageNotFound.gif") == 1 and "1 file(s) left out" in err
+    loader.set_epoch(0)
+    n = sum(len(y) for _, y in loader)
+    assert n == len(loader) * 32 and len(loader) == 8  # 244 images: 7 full batches and one completed
+
+
+def test_bad_paths_fail_before_any_work(tmp_path, demo_root):
+    cur = small_schedule()
+    with pytest.raises(DataError, match="no such path"):
+        CurriculumLoader(tmp_path / "nope", cur, batch_size=4, device="cpu")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no decodable image"):
+        CurriculumLoader(tmp_path / "empty", cur, batch_size=4, device="cpu")
+    with pytest.raises(ValueError, match="batch_size = 0"):
+        CurriculumLoader(demo_root, cur, batch_size=0, device="cpu")
+
+
+def test_validation_every_image_once_across_ranks(demo_root):
+    total = 0
+    labels = []
+    for rank in range(3):
+        val = ValidationLoader(demo_root, 32, 5, device="cpu", shard_id=rank, num_shards=3)
+        for _ in range(2):  # iterable twice
+            got = [(x.shape, y) for x, y in val]
+        assert all(s[1:] == (3, 32, 32) for s, _ in got)
+        labels += [y for _, y in got]
+        total += sum(len(y) for _, y in got)
+    assert total == 24
+    assert np.array_equal(np.bincount(torch.cat(labels).numpy()), [6, 6, 6, 6])
+
+
+@pytest.mark.gpu
+def test_gpu_loader_follows_schedule(demo_root):
+    cur = small_schedule()
+    loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cuda")
+    for epoch in range(cur.total_epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            assert x.is_cuda and x.shape[-1] == cur.stage_at(epoch).band
+            assert loader.batch_meta["band"] == cur.stage_at(epoch).band
+    val = ValidationLoader(demo_root, 32, 8, device="cuda")
+    assert sum(len(y) for _, y in val) == 24
