@@ -216,5 +216,54 @@ def bench_crop_cmd(data_dir, bands, resolution, batch_size, threads, rounds, jso
     _emit({"benchmark": "crop", "data": str(data_dir), "images": len(files), "rows": rows}, json_path, table)
 
 
+@bench.command("loader")
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="ImageFolder root (train/ inside or classes).")
+@click.option("--bands", default="96,160,224", show_default=True)
+@click.option("--magnitude", type=float, default=9.0, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True, help="DALI threads = reference workers.")
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved timed windows per loader.")
+@click.option("--steps", type=int, default=4, show_default=True, help="Batches per timed window.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of images/sec per band.")
+def bench_loader_cmd(data_dir, bands, magnitude, batch_size, threads, resolution, rounds, steps, device, json_path, plot):
+    """Images/sec of our loader, its resize variant, the ET++ reference loader and decoding alone."""
+    from .benchmark import bench_loader, loader_peak_rss, markdown_table
+    from .data import DataError
+
+    band_list = _int_list(bands, "--bands")
+    if any(b > resolution for b in band_list):
+        _fail(f"--bands {bands}: every band must be <= --resolution {resolution}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail("--device cuda: no CUDA GPU is visible on this machine; use --device cpu")
+    try:
+        doc = bench_loader(data_dir, bands=band_list, magnitude=magnitude, batch=batch_size, threads=threads,
+                           resolution=resolution, rounds=rounds, steps=steps, device=device,
+                           reference=device == "cpu")
+    except DataError as exc:
+        _fail(str(exc))
+    doc["peak_rss_mb_ours"] = loader_peak_rss(data_dir, band=band_list[0], magnitude=magnitude, batch=batch_size,
+                                              threads=threads, resolution=resolution, device=device)
+    table = markdown_table(doc["bands"], ["band", "ours", "ours_resize", "reference", "decode_only",
+                                          "ratio_vs_reference", "ratio_vs_decode"])
+    na = doc["no_augment"]
+    table += (f"\ndecode + random crop + resize (+ flip): {na['decode_crop_resize_images_per_s']:.0f} img/s, "
+              f"{na['decode_crop_resize_ratio_vs_decode']:.0%} of decoding alone; whole loader without augmentation "
+              f"(float CHW at R): {na['images_per_s']:.0f} img/s, {na['ratio_vs_decode']:.0%}; "
+              f"peak RSS of our loader {doc['peak_rss_mb_ours']:.0f} MiB")
+    if plot:
+        from .plots import plot_bars
+
+        series = {k: [r[k] or 0 for r in doc["bands"]] for k in ("ours", "ours_resize", "reference", "decode_only")}
+        plot_bars([str(r["band"]) for r in doc["bands"]], series, plot, "images/sec",
+                  f"loaders, {threads} threads, batch {batch_size}, m = {magnitude:g}")
+    _emit({"benchmark": "loader", "data": str(data_dir), **doc}, json_path, table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -30,7 +30,8 @@ import torch
 
 from .fourier import FourierCropper
 
-__all__ = ["IMAGENET_MEAN_255", "IMAGENET_STD_255", "LOWPASS_MODES", "fourier_crop", "lowpass"]
+__all__ = ["IMAGENET_MEAN_255", "IMAGENET_STD_255", "LOWPASS_MODES", "fourier_crop", "lowpass", "resize",
+           "warp_affine"]
 
 LOWPASS_MODES = ("fourier", "resize")
 # ImageNet channel statistics on the 0..255 scale (timm's IMAGENET_DEFAULT_MEAN/STD x 255)
@@ -113,6 +114,118 @@ class _CropOp:
         if getattr(self, "_cuda_stream", None) is None:
             self._cuda_stream = torch.cuda.Stream(device=device)
         return self._cuda_stream
+
+
+class _ResizeOp:
+    """Batch function: HWC uint8 samples of any size -> anti-aliased resize, with torch.
+
+    torch's uint8 channels-last anti-aliased kernels run ~4x faster than DALI's CPU resize
+    here (0.19 vs 0.8 ms for a ~300-px crop to 224, bilinear; bicubic 0.22 ms).
+    """
+
+    def __init__(self, size: tuple[int, int] | None, shorter: int | None, mode: str) -> None:
+        self.size, self.shorter, self.mode = size, shorter, mode
+
+    def _target(self, h: int, w: int) -> tuple[int, int]:
+        if self.size is not None:
+            return self.size
+        if h <= w:  # torchvision's Resize(int): the shorter side to `shorter`, aspect kept
+            return self.shorter, int(self.shorter * w / h)
+        return int(self.shorter * h / w), self.shorter
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for img in images:
+            x = torch.from_numpy(img).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last view, no copy
+            y = torch.nn.functional.interpolate(x, size=self._target(*img.shape[:2]), mode=self.mode,
+                                                antialias=True, align_corners=False)
+            out.append(y.permute(0, 2, 3, 1)[0].numpy())  # HWC, contiguous
+        return out
+
+
+def resize(images: Any, *, size: tuple[int, int] | None = None, resize_shorter: int | None = None,
+           interpolation: str = "cubic") -> Any:
+    """Anti-aliased resize of HWC uint8 images to ``size`` (h, w) or a shorter side.
+
+    On the CPU through torch (see :class:`_ResizeOp`), on the GPU with DALI's ``fn.resize``.
+    ``interpolation``: ``"cubic"`` or ``"linear"``.
+    """
+    from nvidia.dali import fn, types
+
+    if (size is None) == (resize_shorter is None):
+        raise ValueError("give exactly one of size and resize_shorter")
+    if interpolation not in ("cubic", "linear"):
+        raise ValueError(f"interpolation = {interpolation!r} is unknown; use 'cubic' or 'linear'")
+    if images.device == "gpu":
+        interp = types.INTERP_CUBIC if interpolation == "cubic" else types.INTERP_LINEAR
+        if size is not None:
+            return fn.resize(images, size=list(size), interp_type=interp, antialias=True)
+        return fn.resize(images, resize_shorter=resize_shorter, interp_type=interp, antialias=True)
+    op = _ResizeOp(tuple(size) if size is not None else None, resize_shorter,
+                   "bicubic" if interpolation == "cubic" else "bilinear")
+    return fn.python_function(images, function=op, batch_processing=True, device="cpu", output_layouts="HWC")
+
+
+class _WarpOp:
+    """Batch function: bilinear affine warps of same-size HWC uint8 images with torch.
+
+    ``grid_sample`` on channels-last float costs ~1 ms per 224-px image here, DALI's CPU
+    ``warp_affine`` ~2.5 ms. The fill is exact per channel: warp ``x - fill`` with zero padding,
+    then add ``fill`` back (edge pixels blend image and fill, as PIL's do).
+    """
+
+    def __init__(self, fill: Sequence[float]) -> None:
+        self.fill = torch.tensor(fill, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, images: list[np.ndarray], matrices: list[np.ndarray]) -> list[np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(_batch_view(images)).permute(0, 3, 1, 2)  # N,C,H,W channels-last
+        n, c, h, w = x.shape
+        theta = torch.from_numpy(_normalised_theta(np.stack(matrices), h, w))
+        out = torch.empty((n, h, w, c), dtype=torch.uint8)
+        # chunks keep each temporary below glibc's mmap threshold (no page faults per call)
+        step = max(1, _CHUNK_BYTES // (c * h * w * 4))
+        for i in range(0, n, step):
+            xf = x[i:i + step].float() - self.fill
+            grid = torch.nn.functional.affine_grid(theta[i:i + step], [len(xf), 1, h, w], align_corners=False)
+            y = torch.nn.functional.grid_sample(xf, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            out[i:i + step] = (y + self.fill).round_().clamp_(0, 255).permute(0, 2, 3, 1)
+        return list(out.numpy())
+
+
+_CHUNK_BYTES = 4 << 20
+
+
+def _normalised_theta(matrices: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pixel-space inverse maps (output -> input, pixel centres at i + 0.5) as affine_grid's
+    normalised thetas (align_corners=False): theta = N M N^-1 with N(p) = 2 p / size - 1."""
+    norm = np.array([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]])
+    denorm = np.linalg.inv(norm)
+    full = np.concatenate([matrices, np.tile([[[0.0, 0.0, 1.0]]], (len(matrices), 1, 1))], axis=1)
+    return (norm @ full @ denorm)[:, :2].astype(np.float32)
+
+
+def warp_affine(images: Any, matrix: Any, *, fill: Sequence[float], size: tuple[int, int]) -> Any:
+    """Bilinear affine warp of HWC uint8 ``images`` of ``size`` (h, w) with a per-channel fill.
+
+    ``matrix``: per-sample 2x3 inverse maps (output pixel -> input pixel, pixel centres at
+    i + 0.5, as PIL's affine transform). CPU: torch (see :class:`_WarpOp`). GPU: DALI's
+    ``warp_affine`` over the image framed by 1 px of fill, clamping at the frame (its own
+    ``fill_value`` is one value for all channels).
+    """
+    from nvidia.dali import fn, types
+
+    if images.device != "gpu":
+        return fn.python_function(images, matrix, function=_WarpOp(fill), batch_processing=True, device="cpu",
+                                   output_layouts="HWC")
+    framed = fn.slice(images, types.Constant(np.array([-1.0, -1.0], np.float32)),
+                      types.Constant(np.array([size[0] + 2.0, size[1] + 2.0], np.float32)),
+                      axis_names="HW", normalized_anchor=False, normalized_shape=False,
+                      out_of_bounds_policy="pad", fill_values=list(fill))
+    shifted = matrix + types.Constant(np.array([[0, 0, 1], [0, 0, 1]], np.float32))  # into the framed image
+    return fn.warp_affine(framed, matrix=shifted, size=[float(size[0]), float(size[1])],
+                          interp_type=types.INTERP_LINEAR, inverse_map=True)
 
 
 def fourier_crop(images: Any, band: int | Any, *, layout: str = "HWC", mean: Sequence[float] | None = None,

@@ -173,7 +173,7 @@ class CurriculumLoader:
             device="gpu" if gpu else "cpu",
             device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else device_id,
             seed=seed, lowpass=lowpass, fourier_backend=fourier_backend, randaugment=randaugment,
-            interpolation=interpolation or ("cubic" if gpu else "linear"), hw_decoder_load=hw_decoder_load,
+            interpolation=interpolation or "cubic", hw_decoder_load=hw_decoder_load,
             prefetch=prefetch)
         self.seed = seed
         self.channels_last = channels_last
@@ -368,7 +368,7 @@ class ValidationLoader:
             resolution=resolution, batch_size=batch_size, num_threads=num_threads or _default_threads(),
             device="gpu" if gpu else "cpu",
             device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else device_id,
-            interpolation=interpolation or ("cubic" if gpu else "linear"))
+            interpolation=interpolation or "cubic")
         self.batch_size = batch_size
         self.channels_last, self.dtype = channels_last, dtype
         self._labels = self.source.labels

@@ -152,16 +152,10 @@ def _decoder_args(cfg: PipelineConfig) -> dict:
     return args
 
 
-def _interp(cfg: PipelineConfig):
-    from nvidia.dali import types
-
-    return types.INTERP_CUBIC if cfg.interpolation == "cubic" else types.INTERP_LINEAR
-
-
 def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn
 
-    from .dali_ops import lowpass
+    from .dali_ops import lowpass, resize
     from .randaugment import apply_randaugment
 
     outputs = fn.external_source(source=feed, num_outputs=12 if cfg.randaugment else 8, batch=True)
@@ -170,7 +164,7 @@ def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     img = fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", normalized_anchor=False,
                                   normalized_shape=False,
                                   **_decoder_args(cfg))
-    img = fn.resize(img, size=[cfg.resolution, cfg.resolution], interp_type=_interp(cfg), antialias=True)
+    img = resize(img, size=(cfg.resolution, cfg.resolution), interpolation=cfg.interpolation)
     img = fn.flip(img, horizontal=flip)
     if cfg.randaugment:
         matrix, geometric, colour, value = outputs[6:10]
@@ -182,10 +176,11 @@ def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
 def _val_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn, types
 
+    from .dali_ops import resize
+
     jpegs, labels = fn.external_source(source=feed, num_outputs=2, batch=True)
     img = fn.decoders.image(jpegs, **_decoder_args(cfg))
-    img = fn.resize(img, resize_shorter=val_resize_size(cfg.resolution, cfg.crop_pct), interp_type=_interp(cfg),
-                    antialias=True)
+    img = resize(img, resize_shorter=val_resize_size(cfg.resolution, cfg.crop_pct), interpolation=cfg.interpolation)
     img = fn.crop_mirror_normalize(img, crop=(cfg.resolution, cfg.resolution), crop_pos_x=0.5, crop_pos_y=0.5,
                                    mean=list(cfg.mean), std=list(cfg.std), output_layout="CHW", dtype=types.FLOAT)
     return img, labels
