@@ -134,6 +134,143 @@ def check_data(data_dir: str, no_cache: bool) -> None:
     sys.exit(1)
 
 
+def recipe_dirs() -> list[Path]:
+    """Where named recipes live: the checkout's pipelines/, else the installed copy."""
+    here = Path(__file__).resolve().parent.parent / "pipelines"
+    return [here, Path(sys.prefix) / "share" / "etpp-dali" / "pipelines"]
+
+
+def find_recipe(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in recipe_dirs():
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    _fail(f"--recipe {name!r}: no such file or recipe; known recipes: {', '.join(known) or 'none found'}")
+    raise AssertionError
+
+
+_TRAIN_FLAGS = {  # flag -> TrainConfig field, for the options that map one to one
+    "data": "data", "val_split": "val_split", "model": "model", "preset": "preset", "family": "family",
+    "budget": "budget", "resolution": "resolution", "baseline_budget": "baseline_budget", "batch_size": "batch_size",
+    "lr": "lr", "device": "device", "amp": "amp", "mixup": "mixup", "cutmix": "cutmix", "smoothing": "smoothing",
+    "drop_path": "drop_path", "output": "output", "seed": "seed", "val_every": "val_every", "threads": "threads",
+    "lowpass": "lowpass", "clip_grad": "clip_grad", "warmup_epochs": "warmup_epochs",
+}
+
+
+def _init_distributed() -> None:
+    """Join the process group that torchrun describes in the environment (if any)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+
+
+@main.command()
+@click.option("--recipe", default=None, help="A recipe YAML (pipelines/) or its name; default: the demo recipe.")
+@click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the embedded demo set).")
+@click.option("--val-split", type=float, default=None, help="Hold out this fraction of train when there is no val/.")
+@click.option("--model", default=None, help="Any timm model name.")
+@click.option("--preset", default=None, help="etpp, et, baseline or a schedule file.")
+@click.option("--family", type=click.Choice(sorted(FAMILIES)), default=None)
+@click.option("--budget", type=float, default=None, help="Budget E (full-resolution epochs of compute).")
+@click.option("--resolution", type=int, default=None, help="Full resolution R.")
+@click.option("--baseline", is_flag=True, default=None, help="No curriculum: full size, m = 9, its own budget.")
+@click.option("--baseline-budget", type=float, default=None, help="Epochs of the baseline (and what speed-ups are against).")
+@click.option("--batch-size", type=int, default=None, help="Global batch size per step.")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: 4e-3 x batch / 4096).")
+@click.option("--warmup-epochs", type=float, default=None, help="Warm-up in full-resolution epochs of compute.")
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default=None)
+@click.option("--channels-last", is_flag=True, default=None)
+@click.option("--ema", is_flag=True, default=None, help="Keep and evaluate an EMA of the weights.")
+@click.option("--mixup", type=float, default=None)
+@click.option("--cutmix", type=float, default=None)
+@click.option("--smoothing", type=float, default=None)
+@click.option("--drop-path", type=float, default=None, help="Drop-path rate at E = 200 (scaled by E/200).")
+@click.option("--clip-grad", type=float, default=None)
+@click.option("--lowpass", type=click.Choice(["fourier", "resize"]), default=None)
+@click.option("--output", default=None, help="Run folder (default: runs/<recipe name>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
+@click.option("--seed", type=int, default=None)
+@click.option("--val-every", type=int, default=None, help="Evaluate every N epochs (and at the end).")
+@click.option("--threads", type=int, default=None, help="Data and torch threads per process.")
+@click.option("--nproc", type=int, default=None, help="Run N processes with DDP (torchrun).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, **flags) -> None:
+    """Train a timm model with the EfficientTrain++ curriculum (the demo when given nothing)."""
+    import os
+
+    from .trainer import RecipeError, TrainConfig, load_recipe, train as run_training
+
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import subprocess
+
+        args = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
+        if "--nproc" in sys.argv:
+            i = sys.argv.index("--nproc")
+            args = sys.argv[1:i] + sys.argv[i + 2:]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "etpp_dali", *args]
+        sys.exit(subprocess.call(cmd))
+    try:
+        values = load_recipe(find_recipe(recipe or "demo")) if (recipe or not flags.get("data")) else {}
+        if not recipe and flags.get("data"):
+            values["name"] = Path(flags["data"]).name or "run"
+        for flag, field_name in _TRAIN_FLAGS.items():
+            if flags.get(flag) is not None:
+                values[field_name] = flags[flag]
+        for name, value in (("baseline", baseline), ("channels_last", channels_last), ("ema", ema)):
+            if value:
+                values[name] = True
+        if no_progress:
+            values["progress"] = False
+        values.setdefault("output", str(Path("runs") / values.get("name", "run")))
+        cfg = TrainConfig(**values)
+        out = Path(cfg.output)
+        if not resume and (out / "last.pt").exists():
+            _fail(f"--output {out} holds a run already; pass --resume to continue it or choose another --output")
+        _init_distributed()
+        summary = run_training(cfg, resume=str(out) if resume else None)
+    except RecipeError as exc:
+        _fail(str(exc))
+    except TypeError as exc:  # an unknown TrainConfig key that slipped past the recipe check
+        _fail(f"bad setting: {exc}")
+    _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    from .benchmark import markdown_table
+
+    if not s:
+        return
+    import torch
+
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    click.echo("")
+    click.echo(markdown_table(s["stages"], ["stage", "band", "magnitude", "epochs", "done", "wall_s", "images_per_s"]))
+    top = f"top-1 {s['top1']:.1f}%, top-5 {s['top5']:.1f}%" if s.get("top1") is not None else "not evaluated"
+    if s.get("ema_top1") is not None:
+        top += f" (EMA top-1 {s['ema_top1']:.1f}%)"
+    click.echo(f"\n{s['model']} on {s['schedule']}: {s['epochs_done']}/{s['epochs']} epochs in {s['wall_s']:.0f} s; {top}")
+    click.echo(f"compute: {s['relative_compute']:.3f} of the {s['baseline_budget']:g}-epoch baseline "
+               f"({s['compute_saved']:.0%} saved)")
+    if s.get("estimated_baseline_wall_s"):
+        click.echo(f"wall-clock: {s['wall_s']:.0f} s against about {s['estimated_baseline_wall_s']:.0f} s estimated for "
+                   f"the baseline from the full-resolution epochs here ({s['wall_saved']:.0%} saved)")
+    if s.get("interrupted"):
+        click.echo(f"interrupted: continue with etpp train --resume --output {s['output']}")
+    click.echo(f"run folder: {s['output']} (metrics.jsonl, curves.png, summary.json, last.pt)")
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

@@ -308,7 +308,7 @@ def _demo_image(label: int, spec: DemoSpec, rng: np.random.Generator) -> np.ndar
 
     Class = (layout, texture): the layout (a soft blob of one hue on a background of another,
     both low-frequency) is shared by ``textures`` classes, and the texture (fine stripes,
-    horizontal or vertical, a period of 3-4 px: high frequency) tells them apart. A model that
+    horizontal or vertical, a period of 2.5-4 px, faint: high frequency) tells them apart. A model that
     sees only low frequencies can tell the layout but not the texture, so a curriculum from low to
     full band is meaningful; random jitter, distractor blobs and noise keep it from being trivial.
     """
@@ -318,8 +318,8 @@ def _demo_image(label: int, spec: DemoSpec, rng: np.random.Generator) -> np.ndar
     s = spec.size
     yy, xx = np.mgrid[0:s, 0:s] / s
     # low frequencies: background hue gradient and the class blob, with jitter
-    hue_bg = (layout / layouts + 0.5 + rng.normal(0, 0.03)) % 1.0
-    hue_blob = (layout / layouts + rng.normal(0, 0.03)) % 1.0
+    hue_bg = (layout / layouts + 0.5 + rng.normal(0, 0.07)) % 1.0
+    hue_blob = (layout / layouts + rng.normal(0, 0.07)) % 1.0
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5))
     bg = _hsv_to_rgb(np.full_like(xx, hue_bg), np.full_like(xx, 0.45), 0.55 + 0.25 * ramp)
@@ -333,11 +333,11 @@ def _demo_image(label: int, spec: DemoSpec, rng: np.random.Generator) -> np.ndar
     d = np.exp(-((yy - dy) ** 2 + (xx - dx) ** 2) / (2 * rng.uniform(0.06, 0.12) ** 2))[..., None]
     img = img * (1 - 0.6 * d) + 0.6 * d * _hsv_to_rgb(np.array(rng.uniform()), np.array(0.7), np.array(0.8))
     # high frequencies: fine stripes whose orientation is the texture id (flip-invariant)
-    period = rng.uniform(3.0, 4.0)
+    period = rng.uniform(2.5, 4.0)
     coord = (yy if texture == 0 else xx) * s
     stripes = np.sin(2 * np.pi * coord / period + rng.uniform(0, 2 * np.pi))
-    img = img + 0.13 * stripes[..., None]
-    img = img + rng.normal(0, 0.04, size=img.shape)
+    img = img + rng.uniform(0.04, 0.1) * stripes[..., None]
+    img = img + rng.normal(0, 0.07, size=img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
