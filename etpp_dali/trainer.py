@@ -48,7 +48,7 @@ class TrainConfig:
     """Every setting of a run. Recipes (YAML) set these keys; command-line flags override them."""
 
     name: str = "run"
-    data: str = "demo"                 # a data set path, or "demo" for the embedded demo set
+    data: str | None = "demo"          # a data set path, "demo" for the embedded demo set
     val_split: float | None = None     # hold out this fraction of train when there is no val/
     model: str = "resnet10t"
     # schedule: a preset (etpp, et, baseline) or a schedule file, with its knobs
@@ -93,8 +93,8 @@ class TrainConfig:
     def curriculum(self) -> Curriculum:
         """The schedule this config trains with."""
         try:
-            if self.baseline:
-                budget = self.baseline_budget or (self.budget if self.preset == "baseline" else None) or 300
+            if self.baseline or self.preset == "baseline":
+                budget = (self.budget if self.preset == "baseline" else None) or self.baseline_budget or 300
                 return Curriculum.preset("baseline", budget=budget, resolution=self.resolution,
                                          baseline_budget=budget)
             kwargs = {"baseline_budget": self.baseline_budget} if self.baseline_budget else {}
@@ -216,9 +216,9 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _accuracy(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
-    top = logits.topk(max(ks), dim=1).indices
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # fewer than 5 classes: top-k of all
     hits = top.eq(target[:, None])
-    return [int(hits[:, :min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -326,6 +326,8 @@ class Trainer:
         from .sources import open_source
 
         cfg = self.cfg
+        if not cfg.data:
+            raise RecipeError(f"recipe {cfg.name!r} needs a data set: pass --data DIR (an ImageFolder with train/ and val/)")
         if cfg.data == "demo":
             spec = DemoSpec(classes=cfg.demo_classes, train_per_class=cfg.demo_train_per_class,
                             val_per_class=cfg.demo_val_per_class, size=cfg.demo_size)
@@ -368,7 +370,9 @@ class Trainer:
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        drop_path = cfg.drop_path * self.curriculum.budget / 200.0 if cfg.drop_path else 0.0
+        # the reference scales drop-path with the ET++ budget (E / 200); a baseline keeps its rate
+        scaled = self.curriculum.name.startswith(("etpp", "et")) and not self.curriculum.name.startswith("baseline")
+        drop_path = cfg.drop_path * (self.curriculum.budget / 200.0 if scaled else 1.0)
         model = create_model(cfg.model, self.num_classes, drop_path).to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.memory_format)

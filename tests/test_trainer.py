@@ -1,0 +1,216 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from etpp_dali.cli import main
+from etpp_dali.curriculum import Curriculum
+from etpp_dali.trainer import RecipeError, TrainConfig, Trainer, load_recipe, train
+
+pytest.importorskip("nvidia.dali")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(demo_root, tmp_path, **over):
+    """A run of a few seconds: timm's test_resnet at R = 32 on the small demo set."""
+    values = dict(data=str(demo_root), model="test_resnet", preset="etpp", budget=2, resolution=32, batch_size=16,
+                  lr=2e-3, warmup_epochs=0.2, output=str(tmp_path / "run"), progress=False, threads=2)
+    values.update(over)
+    return TrainConfig(**values)
+
+
+def epochs_in_log(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_writes_log_checkpoints_plot_and_summary(demo_root, tmp_path):
+    cfg = tiny(demo_root, tmp_path, val_every=2, ema=True, mixup=0.2, smoothing=0.1)
+    summary = train(cfg)
+    run = Path(cfg.output)
+    total = cfg.curriculum().total_epochs
+    assert epochs_in_log(run) == list(range(total))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all({"band", "magnitude", "loss", "lr", "images_per_s", "data_wait", "time"} <= set(r) for r in rows)
+    assert "top1" in rows[-1] and "ema_top1" in rows[-1]
+    assert summary["epochs_done"] == total and summary["top1"] is not None
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "ema", "loader", "rng", "schedule", "history"} <= set(ckpt)
+    stages = sorted(p.name for p in run.glob("stage*.pt"))
+    assert len(stages) == sum(1 for s in cfg.curriculum().stages if s.epochs)
+    assert json.loads((run / "summary.json").read_text())["epochs"] == total
+
+
+def test_lr_follows_compute_with_warmup_and_cosine(demo_root, tmp_path):
+    trainer = Trainer(tiny(demo_root, tmp_path, warmup_epochs=0.5))
+    try:
+        assert trainer.lr_at(0.0) == 0.0
+        w = trainer.warmup
+        assert trainer.lr_at(w / 2) == pytest.approx(trainer.lr / 2)
+        assert trainer.lr_at(w) == pytest.approx(trainer.lr)
+        assert trainer.lr_at(1.0) == pytest.approx(trainer.cfg.min_lr)
+        values = [trainer.lr_at(f / 100) for f in range(101)]
+        peak = values.index(max(values))
+        assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))
+    finally:
+        trainer.close()
+
+
+def test_lr_scales_with_batch():
+    assert TrainConfig(batch_size=1024).learning_rate(1024) == pytest.approx(1e-3)
+    assert TrainConfig(lr=0.5).learning_rate(1024) == 0.5
+
+
+def test_bad_inputs_are_one_line_errors(demo_root, tmp_path):
+    cases = [
+        (dict(data=str(tmp_path / "nowhere")), "no such path"),
+        (dict(model="resnet_9000"), "is not a timm model"),
+        (dict(amp="fp8"), "--amp 'fp8'"),
+        (dict(preset="nope.yaml"), "neither etpp, et, baseline nor a schedule file"),
+        (dict(model="test_vit", resolution=40), "cannot take"),
+    ]
+    for over, needle in cases:
+        with pytest.raises(RecipeError, match=needle) as info:
+            Trainer(tiny(demo_root, tmp_path, **over))
+        assert "\n" not in str(info.value)
+    flat = tmp_path / "flat"
+    (flat / "a").mkdir(parents=True)
+    for img in list((demo_root / "train" / "class_00").iterdir())[:3]:
+        (flat / "a" / img.name).write_bytes(img.read_bytes())
+    (flat / "b").mkdir()
+    for img in list((demo_root / "train" / "class_01").iterdir())[:3]:
+        (flat / "b" / img.name).write_bytes(img.read_bytes())
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    os.rename(flat / "a", tmp_path / "d" / "train" / "a")
+    os.rename(flat / "b", tmp_path / "d" / "train" / "b")
+    with pytest.raises(RecipeError, match="has no val/ split"):
+        Trainer(tiny(tmp_path / "d", tmp_path))
+    trainer = Trainer(tiny(tmp_path / "d", tmp_path, val_split=0.34))  # a held-out split instead
+    assert len(trainer.val_loader.source) == 2 and len(trainer.train_loader.source) == 4
+    trainer.close()
+
+
+def test_recipes_parse_and_reject_unknown_keys(tmp_path):
+    for path in sorted((ROOT / "pipelines").glob("*.yaml")):
+        values = load_recipe(path)
+        cfg = TrainConfig(**values)
+        cur = cfg.curriculum()
+        assert isinstance(cur, Curriculum) and cur.total_epochs > 0, path.name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: resnet50\nbatchsize: 12\n")
+    with pytest.raises(RecipeError, match="unknown key 'batchsize'"):
+        load_recipe(bad)
+    bad.write_text("schedule: {preset: etpp, epochs: 3}\n")
+    with pytest.raises(RecipeError, match="unknown key schedule.'epochs'"):
+        load_recipe(bad)
+
+
+def test_paper_recipes_reproduce_the_schedules():
+    rows = {p.stem: TrainConfig(**load_recipe(p)) for p in (ROOT / "pipelines").glob("*.yaml")}
+    resnet = rows["resnet50_etpp"]
+    assert resnet.model == "resnet50" and resnet.curriculum().total_epochs == 454
+    assert rows["resnet50_baseline"].curriculum().total_epochs == 300
+    assert rows["convnext_tiny_etpp"].curriculum().total_epochs == 315
+    assert rows["deit_small_etpp"].warmup_fraction == 0.2
+    assert rows["swin_tiny_etpp"].curriculum().speedup() == pytest.approx(1.5, abs=0.02)
+
+
+def test_cli_flags_override_the_recipe_and_refuse_to_overwrite(demo_root, tmp_path):
+    out = tmp_path / "cli"
+    args = ["train", "--data", str(demo_root), "--model", "test_resnet", "--resolution", "32", "--budget", "1",
+            "--batch-size", "16", "--output", str(out), "--no-progress", "--threads", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "top-1" in res.output and "compute:" in res.output
+    cfg = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert cfg["model"] == "test_resnet" and cfg["resolution"] == 32
+    before = (out / "last.pt").read_bytes()
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "holds a run already" in res.output
+    assert (out / "last.pt").read_bytes() == before  # nothing written over
+    res = CliRunner().invoke(main, ["train", "--recipe", "nope"])
+    assert res.exit_code != 0 and "no such file or recipe" in res.output
+
+
+def _start(args, env_extra=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "etpp_dali", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for_epochs(run: Path, n: int, proc, timeout=240.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if (run / "metrics.jsonl").exists() and len(epochs_in_log(run)) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read())
+        time.sleep(0.05)
+    raise AssertionError("training did not get going")
+
+
+def run_args(demo_root, out, budget="6"):
+    return ["--data", str(demo_root), "--model", "test_resnet", "--resolution", "32", "--budget", budget,
+            "--preset", "et", "--batch-size", "4", "--output", str(out), "--no-progress", "--threads", "2",
+            "--val-every", "3"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_has_no_gap_or_duplicate(demo_root, tmp_path):
+    out = tmp_path / "killed"
+    proc = _start(run_args(demo_root, out))
+    _wait_for_epochs(out, 2, proc)
+    time.sleep(0.35)  # somewhere inside the next epoch
+    proc.kill()
+    proc.wait()
+    done_before = epochs_in_log(out)
+    assert done_before == list(range(len(done_before)))
+    torch.load(out / "last.pt", weights_only=True)  # the last good checkpoint is intact
+    resumed = _start(run_args(demo_root, out) + ["--resume"])
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    total = Curriculum.preset("et", budget=6, resolution=32).total_epochs
+    assert epochs_in_log(out) == list(range(total))
+    assert "top-1" in output
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(demo_root, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = _start(run_args(demo_root, out))
+    _wait_for_epochs(out, 1, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "interrupted" in output
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    done = len(ckpt["history"])
+    assert ckpt["partial"] is None or ckpt["loader"]["step"] > 0
+    resumed = _start(run_args(demo_root, out) + ["--resume"])
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    total = Curriculum.preset("et", budget=6, resolution=32).total_epochs
+    assert epochs_in_log(out) == list(range(total)) and total > done
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_gloo(demo_root, tmp_path):
+    out = tmp_path / "ddp"
+    args = ["--data", str(demo_root), "--model", "test_resnet", "--resolution", "32", "--budget", "1",
+            "--batch-size", "16", "--output", str(out), "--no-progress", "--threads", "1", "--nproc", "2"]
+    proc = _start(args)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_images"] == 24  # every val image once across both ranks
+    assert all(r["images"] == 96 for r in rows)  # 2 ranks x 48 images each epoch
+    assert output.count("top-1") == 1  # rank 0 reports
