@@ -359,6 +359,69 @@ def loader_peak_rss(data: str, *, band: int, magnitude: float, batch: int, threa
     return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
 
+# -------------------------------------------------------------------------------- train
+def _time_to(history: Sequence[dict[str, Any]], top1: float) -> float | None:
+    """Wall-clock seconds at the first evaluation reaching ``top1`` (None if never)."""
+    for row in history:
+        if row.get("top1") is not None and row["top1"] >= top1:
+            return row["time"]
+    return None
+
+
+def _stall_by_stage(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fraction of each stage's wall time spent waiting for data."""
+    out: dict[int, dict[str, float]] = {}
+    for row in history:
+        d = out.setdefault(row["stage"], {"band": row["band"], "time": 0.0, "wait": 0.0, "images": 0})
+        d["time"] += row["epoch_time"]
+        d["wait"] += row["data_wait"] * row["epoch_time"]
+        d["images"] += row["images"]
+    return [{"stage": k, "band": int(v["band"]), "stall_fraction": round(v["wait"] / max(v["time"], 1e-9), 3),
+             "images_per_s": round(v["images"] / max(v["time"], 1e-9), 1)} for k, v in sorted(out.items())]
+
+
+def bench_train(base: Any, output: str | Path) -> dict[str, Any]:
+    """EfficientTrain++ and the full-resolution baseline, same trainer, data and seed, one after
+    the other in this process; evaluation every epoch so time-to-accuracy can be read."""
+    from .trainer import Trainer
+
+    runs: dict[str, Any] = {}
+    for name, overrides in (("etpp", {}), ("baseline", {"baseline": True})):
+        cfg = _replace(base, output=str(Path(output) / name), val_every=1, **overrides)
+        trainer = Trainer(cfg)
+        try:
+            summary = trainer.run()
+        finally:
+            trainer.close()
+        runs[name] = {"summary": summary, "history": trainer.history}
+    base_hist, et_hist = runs["baseline"]["history"], runs["etpp"]["history"]
+    target = runs["baseline"]["summary"]["top1"]
+    rows = []
+    for name in ("etpp", "baseline"):
+        s, hist = runs[name]["summary"], runs[name]["history"]
+        rows.append({"run": name, "schedule": s["schedule"], "epochs": s["epochs_done"], "wall_s": s["wall_s"],
+                     "images_seen": sum(r["images"] for r in hist), "top1": s["top1"], "top5": s["top5"],
+                     "relative_compute": s["relative_compute"],
+                     "time_to_baseline_top1_s": _time_to(hist, target) if target is not None else None,
+                     "stall_by_stage": _stall_by_stage(hist)})
+    et_row, base_row = rows
+    reach = et_row["time_to_baseline_top1_s"]
+    return {
+        "runs": rows,
+        "wall_speedup": round(base_row["wall_s"] / et_row["wall_s"], 3) if et_row["wall_s"] else None,
+        "compute_speedup": round(base_row["relative_compute"] / et_row["relative_compute"], 3),
+        "time_to_accuracy_speedup": round(base_row["wall_s"] / reach, 3) if reach else None,
+        "curves": {name: [(r["time"] / 60, r["top1"]) for r in runs[name]["history"] if r.get("top1") is not None]
+                   for name in runs},
+    }
+
+
+def _replace(cfg: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
 # ------------------------------------------------------------------------------- outputs
 def markdown_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     rows = list(rows)

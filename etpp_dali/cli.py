@@ -402,5 +402,52 @@ def bench_loader_cmd(data_dir, bands, magnitude, batch_size, threads, resolution
     _emit({"benchmark": "loader", "data": str(data_dir), **doc}, json_path, table)
 
 
+@bench.command("train")
+@click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the demo set).")
+@click.option("--recipe", default="demo", show_default=True, help="Recipe for both runs (its schedule is ET++'s).")
+@click.option("--model", default=None)
+@click.option("--budget", type=float, default=None, help="ET++ budget E (full-resolution epochs of compute).")
+@click.option("--baseline-budget", type=float, default=None, help="Epochs of the baseline run.")
+@click.option("--resolution", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--device", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", default="runs/bench-train", show_default=True, help="Folder for both runs.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of top-1 against wall-clock.")
+def bench_train_cmd(data, recipe, model, budget, baseline_budget, resolution, batch_size, device, seed, output,
+                    json_path, plot):
+    """ET++ against the baseline with the same trainer and seed: wall-clock, top-1, time to the
+    baseline's top-1, and the loader stall per stage."""
+    from .benchmark import bench_train, markdown_table
+    from .trainer import RecipeError, TrainConfig, load_recipe
+
+    try:
+        values = load_recipe(find_recipe(recipe))
+        for key, value in (("data", data), ("model", model), ("budget", budget), ("baseline_budget", baseline_budget),
+                           ("resolution", resolution), ("batch_size", batch_size), ("device", device)):
+            if value is not None:
+                values[key] = value
+        values.update(seed=seed, progress=False)
+        out = Path(output)
+        if any(out.glob("*/last.pt")):
+            _fail(f"--output {out} holds runs already; choose another folder")
+        doc = bench_train(TrainConfig(**values), out)
+    except RecipeError as exc:
+        _fail(str(exc))
+    table = markdown_table(doc["runs"], ["run", "schedule", "epochs", "wall_s", "images_seen", "top1",
+                                         "relative_compute", "time_to_baseline_top1_s"])
+    stalls = "; ".join(f"{r['run']}: " + ", ".join(f"B={s['band']} {s['stall_fraction']:.0%}" for s in r["stall_by_stage"])
+                       for r in doc["runs"])
+    table += (f"\nwall-clock speed-up {doc['wall_speedup']}x, compute {doc['compute_speedup']}x, "
+              f"time to the baseline's top-1 {doc['time_to_accuracy_speedup']}x\nloader stall (waiting for data / "
+              f"step time) per stage: {stalls}")
+    if plot:
+        from .plots import plot_curves
+
+        plot_curves(doc["curves"], plot, "wall-clock (min)", "val top-1 (%)", "ET++ against the baseline")
+    _emit({"benchmark": "train", **doc}, json_path, table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
