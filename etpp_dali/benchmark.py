@@ -233,15 +233,15 @@ def _cycle_decode_only(files: list[str], *, batch: int, threads: int, device: st
         jpegs, _ = fn.readers.file(files=files, random_shuffle=True)
         return fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
 
-    pipe = decode()
+    return _endless(decode(), batch)
+
+
+def _endless(pipe: Any, batch: int):
+    """Build ``pipe`` and run it forever, yielding the images each run produced."""
     pipe.build()
-
-    def batches():
-        while True:
-            pipe.run()
-            yield batch
-
-    return batches()
+    while True:
+        pipe.run()
+        yield batch
 
 
 def _cycle_decode_crop_resize(source: Any, *, resolution: int, batch: int, threads: int, device: str = "cpu"):
@@ -270,15 +270,7 @@ def _cycle_decode_crop_resize(source: Any, *, resolution: int, batch: int, threa
                                       normalized_shape=False, **_decoder_args(cfg))
         return fn.flip(resize(img, size=(resolution, resolution), interpolation=cfg.interpolation), horizontal=flip)
 
-    pipe = crop_resize()
-    pipe.build()
-
-    def batches():
-        while True:
-            pipe.run()
-            yield batch
-
-    return batches()
+    return _endless(crop_resize(), batch)
 
 
 def _rate(it, steps: int) -> float:

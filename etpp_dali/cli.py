@@ -282,12 +282,15 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def _emit(doc: dict, json_path: str | None, table: str) -> None:
+    """Print the Markdown table; with --json also write the JSON and the table beside it (.md)."""
     from .benchmark import write_results
 
     write_results(doc, json_path)
     click.echo(table)
     if json_path:
-        click.echo(f"results written to {json_path}")
+        md = Path(json_path).with_suffix(".md")
+        md.write_text(f"{doc.get('benchmark', 'benchmark')} ({json_path})\n\n{table}\n")
+        click.echo(f"results written to {json_path} and {md}")
 
 
 @main.group()

@@ -486,11 +486,7 @@ class Curriculum:
         """The schedule's totals and its stages as one JSON-ready document."""
         base = baseline_budget or self.baseline_budget
         return {
-            "name": self.name,
-            "budget": self.budget,
-            "resolution": self.resolution,
-            "split": self.split,
-            "alpha": self.alpha,
+            **self.to_dict(),
             "baseline_budget": base,
             "stages": self.table(),
             "data_epochs": self.total_epochs,

@@ -152,7 +152,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-class _ScanCache:
+class ScanCache:
     """Per-file validation results keyed by (size, mtime), one JSON file per split root."""
 
     def __init__(self, root: Path, enabled: bool) -> None:
@@ -178,6 +178,20 @@ class _ScanCache:
     def store(self, rel: str, st: os.stat_result, result: list) -> None:
         self.entries[rel] = [st.st_size, st.st_mtime_ns, *result]
         self.dirty = True
+
+    def inspect(self, key: str, path: Path, st: os.stat_result) -> list:
+        """``["ok", format, width, height]`` or ``["bad", reason]`` for ``path``, from the cache
+        when its size and mtime are unchanged, else by :func:`inspect_image` (then cached)."""
+        hit = self.lookup(key, st)
+        if hit is not None:
+            return hit[2:]
+        try:
+            fmt, w, h = inspect_image(path)
+            result = ["ok", fmt, w, h]
+        except DataError as exc:
+            result = ["bad", str(exc)]
+        self.store(key, st, result)
+        return result
 
     def save(self) -> None:
         if not (self.enabled and self.dirty):
@@ -205,7 +219,7 @@ def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_ca
     if not classes:
         raise DataError(f"{root}: holds no class folders; lay the images out as {root}/<class>/<image>")
     index = {c: i for i, c in enumerate(classes)}
-    cache = _ScanCache(root, use_cache)
+    cache = ScanCache(root, use_cache)
     scan = SplitScan(root=root, classes=classes)
     for cls in found:
         if cls not in index:
@@ -224,16 +238,7 @@ def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_ca
                 except OSError as exc:
                     scan.bad.append(BadFile(str(path), f"cannot stat ({exc.strerror})"))
                     continue
-                hit = cache.lookup(rel, st)
-                if hit is None:
-                    try:
-                        fmt, w, h = inspect_image(path)
-                        result = ["ok", fmt, w, h]
-                    except DataError as exc:
-                        result = ["bad", str(exc)]
-                    cache.store(rel, st, result)
-                else:
-                    result = hit[2:]
+                result = cache.inspect(rel, path, st)
                 if result[0] == "ok":
                     scan.records.append(ImageRecord(str(path), index[cls], result[2], result[3], result[1]))
                     good += 1

@@ -105,13 +105,7 @@ def plot_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]], path
         ax.bar(xs, values, width=width, label=name)
     ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(groups)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.legend()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, path, ylabel, title)
 
 
 def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path,
@@ -123,6 +117,10 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str |
         if points:
             ax.plot(*zip(*points), "o-", label=name)
     ax.set_xlabel(xlabel)
+    return _finish(plt, fig, ax, path, ylabel, title)
+
+
+def _finish(plt: Any, fig: Any, ax: Any, path: str | Path, ylabel: str, title: str) -> Path:
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)

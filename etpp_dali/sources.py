@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import BadFile, DataError, ImageRecord, _ScanCache, inspect_image, scan_split
+from .data import BadFile, DataError, ImageRecord, ScanCache, inspect_image, scan_split
 
 __all__ = ["Source", "open_source", "image_folder", "file_list", "webdataset"]
 
@@ -76,7 +76,7 @@ def file_list(list_file: str | Path, root: str | Path | None = None, *, use_cach
     if not list_file.is_file():
         raise DataError(f"{list_file}: no such file list; give a text file of '<path> <label>' lines")
     base = Path(root) if root is not None else list_file.parent
-    cache = _ScanCache(list_file, use_cache)
+    cache = ScanCache(list_file, use_cache)
     records, bad = [], []
     for n, line in enumerate(list_file.read_text().splitlines(), 1):
         line = line.strip()
@@ -91,16 +91,7 @@ def file_list(list_file: str | Path, root: str | Path | None = None, *, use_cach
         except OSError:
             bad.append(BadFile(str(path), "missing file"))
             continue
-        hit = cache.lookup(str(path), st)
-        if hit is None:
-            try:
-                fmt, w, h = inspect_image(path)
-                result = ["ok", fmt, w, h]
-            except DataError as exc:
-                result = ["bad", str(exc)]
-            cache.store(str(path), st, result)
-        else:
-            result = hit[2:]
+        result = cache.inspect(str(path), path, st)
         if result[0] == "ok":
             records.append(ImageRecord(str(path), int(parts[1]), result[2], result[3], result[1]))
         else:
@@ -137,7 +128,7 @@ def webdataset(shards: str | Path | Sequence[str | Path], *, use_cache: bool = T
     """
     records, members, bad = [], [], []
     for path in _tar_paths(shards):
-        cache = _ScanCache(Path(path + ".etpp-index"), use_cache)
+        cache = ScanCache(Path(path + ".etpp-index"), use_cache)
         st = os.stat(path)
         hit = cache.lookup("index", st)
         if hit is None:

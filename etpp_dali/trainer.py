@@ -536,7 +536,8 @@ class Trainer:
                 acc = partial or {"loss_sum": 0.0, "seen": 0, "time": 0.0, "wait": 0.0}
                 partial = None
                 steps = loader.batches_in_epoch(epoch)
-                bar = tqdm(total=steps, initial=loader.step, disable=not (self.rank0 and cfg.progress),
+                show = self.rank0 and cfg.progress
+                bar = tqdm(total=steps, initial=loader.step, disable=not (show and sys.stderr.isatty()),
                            desc=f"epoch {epoch + 1}/{cur.total_epochs}", leave=False, dynamic_ncols=True)
                 t_epoch = time.perf_counter()
                 wait0 = loader.wait_seconds
@@ -568,7 +569,12 @@ class Trainer:
                         print(f"\netpp: interrupted; checkpoint written to {self.out / 'last.pt'} "
                               f"(resume with --resume {self.out})", file=sys.stderr)
                     break
-                self._end_epoch(epoch, stage, acc)
+                row = self._end_epoch(epoch, stage, acc)
+                if show and not sys.stderr.isatty():  # a log file gets one line an epoch, not a bar
+                    top = f", top-1 {row['top1']:.1f}%" if "top1" in row else ""
+                    print(f"epoch {epoch + 1}/{cur.total_epochs} stage {stage.index} band {stage.band} "
+                          f"m {stage.magnitude:g}: loss {row['loss']:.3f}, {row['images_per_s']:.0f} img/s{top}",
+                          file=sys.stderr, flush=True)
                 if self.stop_requested:
                     self.interrupted = True
                     break
@@ -602,7 +608,7 @@ class Trainer:
             self.ema.update(_unwrap(self.model))
         return float(loss.detach())
 
-    def _end_epoch(self, epoch: int, stage: Any, acc: dict[str, Any]) -> None:
+    def _end_epoch(self, epoch: int, stage: Any, acc: dict[str, Any]) -> dict[str, Any]:
         cur = self.curriculum
         last = epoch == cur.total_epochs - 1
         row: dict[str, Any] = {
@@ -627,6 +633,7 @@ class Trainer:
                         "ema": self.ema.module.state_dict() if self.ema else None, "history": self.history}
             _save_atomic(snapshot, self.out / f"stage{stage.index}.pt")
         self._write_metrics()
+        return row
 
     # ------------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:

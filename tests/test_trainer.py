@@ -214,3 +214,19 @@ def test_ddp_two_cpu_processes_with_gloo(demo_root, tmp_path):
     assert rows[-1]["val_images"] == 24  # every val image once across both ranks
     assert all(r["images"] == 96 for r in rows)  # 2 ranks x 48 images each epoch
     assert output.count("top-1") == 1  # rank 0 reports
+
+
+@pytest.mark.parametrize("name,bands", [("swin_tiny_patch4_window7_224", [96, 160, 224]),
+                                        ("test_vit", [64, 96, 160])])
+def test_transformers_follow_band_changes(name, bands):
+    from etpp_dali.trainer import adapt_model_to_band, check_model_takes_bands, create_model
+
+    model = create_model(name, num_classes=3, drop_path=0.0)
+    check_model_takes_bands(model, bands, torch.device("cpu"), torch.contiguous_format)
+    model.eval()
+    with torch.no_grad():
+        for band in bands:
+            adapt_model_to_band(model, band)
+            assert model(torch.zeros(1, 3, band, band)).shape == (1, 3)
+    if name.startswith("swin"):
+        assert model.layers[0].blocks[0].window_size == (bands[-1] // 32, bands[-1] // 32)
