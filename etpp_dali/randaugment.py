@@ -191,8 +191,8 @@ def _colour_op(img, code, value, device: str):
     elif code == _COLOUR_CODE["BrightnessIncreasing"]:
         img = fn.brightness_contrast(img, brightness=value)
     elif code == _COLOUR_CODE["SharpnessIncreasing"]:
-        kernel = value * types.Constant(_IDENTITY_KERNEL) + (1.0 - value) * types.Constant(_SMOOTH_KERNEL)
-        img = fn.filter(img, kernel, border="reflect_101")
+        kernel = v * types.Constant(_IDENTITY_KERNEL) + (1.0 - v) * types.Constant(_SMOOTH_KERNEL)
+        img = fn.filter(img, kernel, border="reflect_101")  # the kernel on the image's device
     return img
 
 
