@@ -89,23 +89,33 @@ def _to_torch(tensor_list: Any, device: torch.device) -> torch.Tensor:
     return out
 
 
+def _format(x: torch.Tensor, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The memory format and dtype the caller asked for."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x if dtype == torch.float32 else x.to(dtype)
+
+
 class _Feed:
     """The callable DALI pulls batches from; remembers what it produced and not yet handed out."""
 
-    def __init__(self, batches: Iterator[Any], start: tuple[int, int], with_augment: bool) -> None:
+    def __init__(self, batches: Iterator[Any], start: tuple[int, int], with_augment: bool,
+                 successor: Any) -> None:
         self._batches = batches
         self._with_augment = with_augment
+        self._successor = successor
         self.produced: collections.deque[tuple[int, int]] = collections.deque()
-        self.next_unproduced: tuple[int, int] | None = start  # None: after the last one, unknown
+        self.next_unproduced = start
 
     def __call__(self) -> tuple:
         batch = next(self._batches)  # StopIteration ends the pipeline's data
-        self.produced.append((int(batch.tag[0, 0]), int(batch.tag[0, 1])))
-        self.next_unproduced = None
+        tag = (int(batch.tag[0, 0]), int(batch.tag[0, 1]))
+        self.produced.append(tag)
+        self.next_unproduced = self._successor(tag)
         return batch.as_feed(self._with_augment)
 
-    def next_batch(self) -> tuple[int, int] | None:
-        """The (epoch, step) the pipeline will hand out next, when known."""
+    def next_batch(self) -> tuple[int, int]:
+        """The (epoch, step) the pipeline will hand out next."""
         return self.produced[0] if self.produced else self.next_unproduced
 
 
@@ -184,7 +194,6 @@ class CurriculumLoader:
         self._resumed = False
         self._pipe = None
         self._feed: _Feed | None = None
-        self._last: tuple[int, int] | None = None
         self._buffer: ReplayBuffer | None = None
         self._buffer_stage = -1
         self.batch_meta: dict[str, Any] = {}
@@ -255,17 +264,13 @@ class CurriculumLoader:
         """(Re)build the pipeline unless the batch it hands out next is (epoch, step)."""
         if self._pipe is not None and self._feed.next_batch() == (self.epoch, self.step):
             return
-        if self._pipe is not None and not self._feed.produced and self._feed.next_unproduced is None \
-                and self._successor(self._last) == (self.epoch, self.step):
-            return
         self.close()
-        self._feed = _Feed(self._plan(self.epoch, self.step), (self.epoch, self.step), self.cfg.randaugment)
+        self._feed = _Feed(self._plan(self.epoch, self.step), (self.epoch, self.step), self.cfg.randaugment,
+                           self._successor)
         self._pipe = build_train_pipeline(self.cfg, self._feed)
         self.rebuilds += 1
 
-    def _successor(self, tag: tuple[int, int] | None) -> tuple[int, int] | None:
-        if tag is None:
-            return None
+    def _successor(self, tag: tuple[int, int]) -> tuple[int, int]:
         epoch, step = tag
         return (epoch, step + 1) if step + 1 < self.batches_in_epoch(epoch) else (epoch + 1, 0)
 
@@ -282,7 +287,6 @@ class CurriculumLoader:
             t0 = time.perf_counter()
             images, labels, band, magnitude, tag = self._pipe.run()
             produced = self._feed.produced.popleft()
-            self._last = produced
             tag0 = np.array(tag[0])
             if (int(tag0[0]), int(tag0[1])) != (epoch, self.step) or produced != (epoch, self.step):
                 raise RuntimeError(f"loader out of step: got batch {tuple(tag0)} for ({epoch}, {self.step})")
@@ -299,12 +303,8 @@ class CurriculumLoader:
                     rx, ry = self._buffer.draw(extra, gen)
                     x = torch.cat([x, rx.to(x.dtype)])
                     y = torch.cat([y, ry])
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.dtype != torch.float32:
-                x = x.to(self.dtype)
             self.step += 1
-            yield x, y
+            yield _format(x, self.channels_last, self.dtype), y
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -319,19 +319,16 @@ class CurriculumLoader:
         if state["schedule"] != self.curriculum.fingerprint():
             raise ScheduleError("the loader state was saved with another schedule; resume with the same "
                                 "preset, budget and resolution")
-        for key in ("seed", "batch_size", "num_shards", "dataset_size"):
-            if state[key] != getattr(self, key if key != "dataset_size" else "_dataset_size"):
-                raise ValueError(f"loader state has {key} = {state[key]!r}, this loader "
-                                 f"{getattr(self, key if key != 'dataset_size' else '_dataset_size')!r}; "
+        current = {"seed": self.seed, "batch_size": self.batch_size, "num_shards": self.num_shards,
+                   "dataset_size": len(self.source)}
+        for key, value in current.items():
+            if state[key] != value:
+                raise ValueError(f"loader state has {key} = {state[key]!r}, this loader {value!r}; "
                                  "resume with the same data and settings")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         if self.step >= self.batches_in_epoch(self.epoch) and self.epoch + 1 < self.curriculum.total_epochs:
             self.epoch, self.step = self.epoch + 1, 0
         self._resumed = True
-
-    @property
-    def _dataset_size(self) -> int:
-        return len(self.source)
 
     def close(self) -> None:
         """Release the pipeline (its threads and buffers)."""
@@ -398,11 +395,7 @@ class ValidationLoader:
             images, labels = self._pipe.run()
             x = _to_torch(images, self.device)
             y = _to_torch(labels, torch.device("cpu")).to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.dtype != torch.float32:
-                x = x.to(self.dtype)
-            yield x, y
+            yield _format(x, self.channels_last, self.dtype), y
         try:  # let the pipeline see the end of the data, so reset() can start it again
             self._pipe.run()
         except StopIteration:
