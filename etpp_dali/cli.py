@@ -107,7 +107,8 @@ def demo_data(out_dir: str, classes: int, train_per_class: int, val_per_class: i
 @main.command("check-data")
 @click.argument("data_dir", type=click.Path())
 @click.option("--no-cache", is_flag=True, help="Re-inspect every file instead of trusting the scan cache.")
-def check_data(data_dir: str, no_cache: bool) -> None:
+@click.option("--deep", is_flag=True, help="Decode every image fully (slow; finds damage inside JPEG data).")
+def check_data(data_dir: str, no_cache: bool, deep: bool) -> None:
     """Report every file the pipeline will not decode, empty classes, and val-only classes.
 
     Exit status 0 when the data set is clean, 1 with the list of problems otherwise. The data
@@ -116,7 +117,7 @@ def check_data(data_dir: str, no_cache: bool) -> None:
     from .data import DataError, scan_dataset
 
     try:
-        scan = scan_dataset(data_dir, use_cache=not no_cache)
+        scan = scan_dataset(data_dir, use_cache=not no_cache, deep=deep)
     except DataError as exc:
         _fail(str(exc))
     splits = [("train" if scan.val is not None or (Path(data_dir) / "train").is_dir() else ".", scan.train)]

@@ -34,7 +34,7 @@ __all__ = [
 
 # PIL format names of what DALI's decoders (nvImageCodec, CPU and GPU) take.
 DECODABLE_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "JPEG2000", "PPM"}
-_SCAN_VERSION = 1
+_SCAN_VERSION = 2
 
 
 class DataError(ValueError):
@@ -105,10 +105,13 @@ class DatasetScan:
 
 
 # ---------------------------------------------------------------------------------- files
-def inspect_image(source: str | Path | bytes) -> tuple[str, int, int]:
+def inspect_image(source: str | Path | bytes, deep: bool = False) -> tuple[str, int, int]:
     """Return ``(format, width, height)`` of an image the decoders take, else raise ``DataError``.
 
-    ``source`` is a path or the encoded bytes. The error's text is what a user needs to fix it.
+    ``source`` is a path or the encoded bytes. The header is read, the end of the file checked
+    (JPEG EOI, PNG IEND), and PNG chunk checksums verified; ``deep`` also decodes every pixel
+    (slow; catches damage in the middle of a JPEG). The error's text is what a user needs to fix
+    the file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -142,7 +145,24 @@ def inspect_image(source: str | Path | bytes) -> tuple[str, int, int]:
         raise DataError("truncated JPEG (no end-of-image marker)")
     if fmt == "PNG" and b"IEND" not in tail:
         raise DataError("truncated PNG (no IEND chunk)")
+    if deep or fmt == "PNG":
+        _decode_fully(opener, verify_only=not deep)
     return fmt, width, height
+
+
+def _decode_fully(opener, verify_only: bool) -> None:
+    """PIL's checksum verification (PNG) or a full decode; a failure becomes ``DataError``."""
+    from PIL import Image
+
+    try:
+        with opener() as f, Image.open(f) as img:
+            if verify_only:
+                img.verify()
+            else:
+                img.load()
+    except Exception as exc:  # PIL raises many types for damaged data
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"damaged image data ({first})") from None
 
 
 def cache_dir() -> Path:
@@ -179,15 +199,16 @@ class ScanCache:
         self.entries[rel] = [st.st_size, st.st_mtime_ns, *result]
         self.dirty = True
 
-    def inspect(self, key: str, path: Path, st: os.stat_result) -> list:
-        """``["ok", format, width, height]`` or ``["bad", reason]`` for ``path``, from the cache
-        when its size and mtime are unchanged, else by :func:`inspect_image` (then cached)."""
+    def inspect(self, key: str, path: Path, st: os.stat_result, deep: bool = False) -> list:
+        """``["ok", format, width, height, deep]`` or ``["bad", reason]`` for ``path``: from the
+        cache when its size and mtime are unchanged (and it was checked at least as deeply),
+        else by :func:`inspect_image` (then cached)."""
         hit = self.lookup(key, st)
-        if hit is not None:
+        if hit is not None and (hit[2] == "bad" or hit[-1] >= int(deep)):
             return hit[2:]
         try:
-            fmt, w, h = inspect_image(path)
-            result = ["ok", fmt, w, h]
+            fmt, w, h = inspect_image(path, deep=deep)
+            result = ["ok", fmt, w, h, int(deep)]
         except DataError as exc:
             result = ["bad", str(exc)]
         self.store(key, st, result)
@@ -209,8 +230,10 @@ def _list_classes(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_cache: bool = True) -> SplitScan:
-    """Validate every file under ``root/<class>/``; ``classes`` fixes the label order."""
+def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_cache: bool = True,
+               deep: bool = False) -> SplitScan:
+    """Validate every file under ``root/<class>/``; ``classes`` fixes the label order;
+    ``deep`` decodes every image fully (see :func:`inspect_image`)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; give an ImageFolder root (one folder per class)")
@@ -238,7 +261,7 @@ def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_ca
                 except OSError as exc:
                     scan.bad.append(BadFile(str(path), f"cannot stat ({exc.strerror})"))
                     continue
-                result = cache.inspect(rel, path, st)
+                result = cache.inspect(rel, path, st, deep)
                 if result[0] == "ok":
                     scan.records.append(ImageRecord(str(path), index[cls], result[2], result[3], result[1]))
                     good += 1
@@ -250,7 +273,7 @@ def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_ca
     return scan
 
 
-def scan_dataset(root: str | Path, *, use_cache: bool = True) -> DatasetScan:
+def scan_dataset(root: str | Path, *, use_cache: bool = True, deep: bool = False) -> DatasetScan:
     """Scan ``root/train`` and ``root/val`` (or ``root`` itself when it holds class folders).
 
     Val classes are indexed like train's, so labels agree; a val class that train lacks is a
@@ -263,14 +286,14 @@ def scan_dataset(root: str | Path, *, use_cache: bool = True) -> DatasetScan:
     if not train_dir.is_dir():
         if val_dir.is_dir():
             raise DataError(f"{root}: has val/ but no train/; add the training images under {train_dir}")
-        return DatasetScan(root, scan_split(root, use_cache=use_cache), None)
-    train = scan_split(train_dir, use_cache=use_cache)
+        return DatasetScan(root, scan_split(root, use_cache=use_cache, deep=deep), None)
+    train = scan_split(train_dir, use_cache=use_cache, deep=deep)
     val = None
     val_only: list[str] = []
     if val_dir.is_dir():
         val_classes = _list_classes(val_dir)
         val_only = [c for c in val_classes if c not in set(train.classes)]
-        val = scan_split(val_dir, train.classes, use_cache=use_cache)
+        val = scan_split(val_dir, train.classes, use_cache=use_cache, deep=deep)
         # classes with no val images are fine (a small val split); only missing train ones matter
         val.empty_classes = [c for c in val.empty_classes if c in val_classes]
     return DatasetScan(root, train, val, val_only)

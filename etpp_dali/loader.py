@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,28 @@ def _to_torch(tensor_list: Any, device: torch.device) -> torch.Tensor:
     out = torch.empty(dense.shape(), dtype=dtype, device=device)
     feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if device.type == "cuda" else None)
     return out
+
+
+_FAILED_SAMPLE = re.compile(r"Failed to decode sample #(\d+)")
+
+
+def _failed_sample(exc: BaseException) -> int | None:
+    """The in-batch index of the sample DALI's decoder gave up on, if that is the error."""
+    match = _FAILED_SAMPLE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _pick_culprit(source: Source, candidates: Sequence[int]) -> tuple[int, str]:
+    """Among source indices that DALI may have failed on, the one PIL cannot decode either
+    (else the first): with the reason to report."""
+    from .data import inspect_image
+
+    for i in candidates:
+        try:
+            inspect_image(bytes(source.read(i)), deep=True)
+        except DataError as exc:
+            return i, str(exc)
+    return candidates[0], "the decoder failed on it"
 
 
 def _format(x: torch.Tensor, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -191,6 +214,7 @@ class CurriculumLoader:
         self.replay_capacity = replay_buffer
         self._labels, self._sizes = self.source.labels, self.source.sizes
         self.epoch, self.step = 0, 0
+        self.excluded: dict[int, str] = {}  # source index -> why the decoder failed on it
         self._resumed = False
         self._pipe = None
         self._feed: _Feed | None = None
@@ -241,6 +265,13 @@ class CurriculumLoader:
     def _epoch_order(self, epoch: int) -> np.ndarray:
         perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.source))
         mine = perm[self.shard_id::self.num_shards][: self.shard_len]
+        if self.excluded:  # a file the decoder failed on takes the place of the next good one
+            good = mine[~np.isin(mine, list(self.excluded))]
+            if not len(good):
+                raise DataError(f"{self.source.name}: every image of this rank failed to decode")
+            bad_at = np.flatnonzero(np.isin(mine, list(self.excluded)))
+            mine = mine.copy()
+            mine[bad_at] = good[bad_at % len(good)]
         fresh = self.fresh_batch_size(epoch)
         pad = -len(mine) % fresh
         return np.concatenate([mine, mine[:pad]]) if pad else mine
@@ -285,7 +316,11 @@ class CurriculumLoader:
         gen = torch.Generator().manual_seed(hash((self.seed, epoch, self.shard_id)) % 2**63)
         while self.epoch == epoch and self.step < self.batches_in_epoch(epoch):
             t0 = time.perf_counter()
-            images, labels, band, magnitude, tag = self._pipe.run()
+            try:
+                images, labels, band, magnitude, tag = self._pipe.run()
+            except RuntimeError as exc:
+                self._recover(exc)  # leave the bad file out, rebuild at (epoch, step), go on
+                continue
             produced = self._feed.produced.popleft()
             tag0 = np.array(tag[0])
             if (int(tag0[0]), int(tag0[1])) != (epoch, self.step) or produced != (epoch, self.step):
@@ -306,12 +341,36 @@ class CurriculumLoader:
             self.step += 1
             yield _format(x, self.channels_last, self.dtype), y
 
+    def _recover(self, exc: RuntimeError) -> None:
+        """A file passed the up-front check but the decoder failed on it: report it once, leave it
+        out for the rest of the run (it is kept in the state, so a resume leaves it out too) and
+        rebuild the pipeline at the current batch. Any other pipeline error is raised."""
+        k = _failed_sample(exc)
+        if k is None or self._feed is None:
+            raise exc
+        candidates = []
+        for epoch, step in self._feed.produced:
+            order = self._epoch_order(epoch)
+            fresh = self.fresh_batch_size(epoch)
+            batch = order[step * fresh:(step + 1) * fresh]
+            if k < len(batch):
+                candidates.append(int(batch[k]))
+        if not candidates:
+            raise exc
+        bad, reason = _pick_culprit(self.source, candidates)
+        self.excluded[bad] = reason
+        print(f"etpp: left out {self.source.records[bad].path}: {reason} (run `etpp check-data --deep`)",
+              file=sys.stderr)
+        self.close()
+        self._ensure_pipeline()
+
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Where the loader stands: restore with :meth:`load_state_dict` to continue there."""
         return {"version": _STATE_VERSION, "epoch": self.epoch, "step": self.step, "seed": self.seed,
                 "schedule": self.curriculum.fingerprint(), "batch_size": self.batch_size,
-                "shard_id": self.shard_id, "num_shards": self.num_shards, "dataset_size": len(self.source)}
+                "shard_id": self.shard_id, "num_shards": self.num_shards, "dataset_size": len(self.source),
+                "excluded": sorted(self.excluded)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
@@ -326,6 +385,7 @@ class CurriculumLoader:
                 raise ValueError(f"loader state has {key} = {state[key]!r}, this loader {value!r}; "
                                  "resume with the same data and settings")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.excluded = {int(i): "failed to decode earlier in this run" for i in state.get("excluded", [])}
         if self.step >= self.batches_in_epoch(self.epoch) and self.epoch + 1 < self.curriculum.total_epochs:
             self.epoch, self.step = self.epoch + 1, 0
         self._resumed = True
@@ -378,23 +438,40 @@ class ValidationLoader:
     def _feed(self) -> tuple:
         return next(self._batches)
 
-    def _plan(self) -> Iterator[tuple]:
-        for s in range(len(self)):
-            idx = self.indices[s * self.batch_size:(s + 1) * self.batch_size]
+    def _batch(self, s: int) -> np.ndarray:
+        return self.indices[s * self.batch_size:(s + 1) * self.batch_size]
+
+    def _plan(self, start: int) -> Iterator[tuple]:
+        for s in range(start, len(self)):
+            idx = self._batch(s)
             yield [self.source.read(int(i)) for i in idx], self._labels[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not len(self):
-            return
-        self._batches = self._plan()
+        s = 0
+        self._batches = self._plan(0)
         if self._pipe is None:
             self._pipe = build_val_pipeline(self.cfg, self._feed)
         else:
             self._pipe.reset()
-        for _ in range(len(self)):
-            images, labels = self._pipe.run()
+        while s < len(self):
+            try:
+                images, labels = self._pipe.run()
+            except RuntimeError as exc:
+                k = _failed_sample(exc)
+                candidates = [int(b[k]) for b in (self._batch(t) for t in range(s, s + self.cfg.prefetch + 1))
+                              if k is not None and k < len(b)]
+                if not candidates:
+                    raise
+                bad, reason = _pick_culprit(self.source, candidates)
+                print(f"etpp: left out {self.source.records[bad].path}: {reason} (run `etpp check-data --deep`)",
+                      file=sys.stderr)
+                self.indices = self.indices[self.indices != bad]  # later batches shift by one image
+                self._batches = self._plan(s)
+                self._pipe = build_val_pipeline(self.cfg, self._feed)
+                continue
             x = _to_torch(images, self.device)
             y = _to_torch(labels, torch.device("cpu")).to(self.device, non_blocking=True)
+            s += 1
             yield _format(x, self.channels_last, self.dtype), y
         try:  # let the pipeline see the end of the data, so reset() can start it again
             self._pipe.run()

@@ -1,4 +1,5 @@
 import hashlib
+import io
 import shutil
 from pathlib import Path
 
@@ -110,3 +111,23 @@ def test_inspect_image_and_missing_paths(tmp_path, demo_root):
     (tmp_path / "onlyval" / "val" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="no train/"):
         scan_dataset(tmp_path / "onlyval")
+
+
+def test_png_checksums_and_deep_decode_catch_damage_inside_the_file(tmp_path, demo_root):
+    rng = np.random.default_rng(0)
+    png = tmp_path / "train" / "a" / "damaged.png"
+    png.parent.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(png)
+    data = bytearray(png.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 200] = bytes(200)  # IDAT damaged, IEND intact
+    png.write_bytes(bytes(data))
+    tiff = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tiff, format="TIFF")
+    cut = tmp_path / "train" / "a" / "cut.tif"
+    cut.write_bytes(tiff.getvalue()[: int(len(tiff.getvalue()) * 0.7)])  # header fine, pixels cut short
+    shallow = {Path(b.path).name: b.reason for b in scan_dataset(tmp_path).train.bad}
+    assert "damaged image data" in shallow["damaged.png"] and "cut.tif" not in shallow
+    deep = {Path(b.path).name: b.reason for b in scan_dataset(tmp_path, deep=True).train.bad}
+    assert "damaged image data" in deep["cut.tif"]
+    with pytest.raises(DataError, match="damaged image data"):
+        inspect_image(cut.read_bytes(), deep=True)

@@ -190,3 +190,35 @@ def test_gpu_loader_follows_schedule(demo_root):
             assert loader.batch_meta["band"] == cur.stage_at(epoch).band
     val = ValidationLoader(demo_root, 32, 8, device="cuda")
     assert sum(len(y) for _, y in val) == 24
+
+
+def damaged_png(tmp_path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "damaged.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 200] = bytes(200)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp_path, capfd):
+    """A damaged file that slipped past the up-front check (here: added to the source by hand)
+    is reported once, left out, and training and validation go on."""
+    from etpp_dali.data import ImageRecord
+    from etpp_dali.sources import image_folder
+
+    bad = damaged_png(tmp_path)
+    src = image_folder(demo_root / "train")
+    src.records.insert(10, ImageRecord(str(bad), 0, 50, 40, "PNG"))
+    cur = small_schedule()
+    loader = CurriculumLoader(src, cur, batch_size=16, device="cpu")
+    counts = [sum(len(y) for y in epoch_labels(loader, e)) for e in range(2)]
+    assert counts == [112, 112]  # 97 images in 7 batches of 16, the damaged one replaced by a good one
+    assert list(loader.excluded) == [10] and loader.state_dict()["excluded"] == [10]
+    assert capfd.readouterr().err.count("left out") == 1
+    val_src = image_folder(demo_root / "val", src.classes)
+    val_src.records.insert(3, ImageRecord(str(bad), 0, 50, 40, "PNG"))
+    val = ValidationLoader(val_src, 32, 5, device="cpu")
+    assert [sum(len(y) for _, y in val) for _ in range(2)] == [24, 24]
