@@ -205,7 +205,8 @@ def _init_distributed() -> None:
 @click.option("--threads", type=int, default=None, help="Data and torch threads per process.")
 @click.option("--nproc", type=int, default=None, help="Run N processes with DDP (torchrun).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, **flags) -> None:
+@click.option("--tensorboard", is_flag=True, default=None, help="Also log scalars for TensorBoard (pip install tensorboard).")
+def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tensorboard, **flags) -> None:
     """Train a timm model with the EfficientTrain++ curriculum (the demo when given nothing)."""
     import os
 
@@ -228,7 +229,8 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, **fl
         for flag, field_name in _TRAIN_FLAGS.items():
             if flags.get(flag) is not None:
                 values[field_name] = flags[flag]
-        for name, value in (("baseline", baseline), ("channels_last", channels_last), ("ema", ema)):
+        for name, value in (("baseline", baseline), ("channels_last", channels_last), ("ema", ema),
+                            ("tensorboard", tensorboard)):
             if value:
                 values[name] = True
         if no_progress:

@@ -89,6 +89,7 @@ class TrainConfig:
     demo_val_per_class: int = 25
     demo_size: int = 72
     progress: bool = True
+    tensorboard: bool = False           # also log scalars for TensorBoard (needs `tensorboard`)
 
     def curriculum(self) -> Curriculum:
         """The schedule this config trains with."""
@@ -288,6 +289,7 @@ class Trainer:
         self._init_data()
         self._init_model()
         self.history: list[dict[str, Any]] = []
+        self.tb = self._tensorboard() if cfg.tensorboard and self.rank0 else None
         self.elapsed = 0.0
         self.stop_requested = False
         self.stage_times: dict[int, float] = {}
@@ -309,6 +311,13 @@ class Trainer:
         self.threads = threads
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
+
+    def _tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RecipeError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(log_dir=str(self.out / "tensorboard"))
 
     def _resume_path(self, resume: str | bool | None) -> Path | None:
         if not resume:
@@ -476,6 +485,12 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         _write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.tb is not None and self.history:
+            row = self.history[-1]
+            for key in ("loss", "lr", "images_per_s", "data_wait", "band", "magnitude", "top1", "top5", "ema_top1"):
+                if row.get(key) is not None:
+                    self.tb.add_scalar(key, row[key], global_step=row["epoch"])
+            self.tb.flush()
 
     # -------------------------------------------------------------------------- eval
     @torch.no_grad()
@@ -667,6 +682,8 @@ class Trainer:
 
     def close(self) -> None:
         self.train_loader.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def _split(source: Any, fraction: float, seed: int):

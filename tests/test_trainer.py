@@ -230,3 +230,14 @@ def test_transformers_follow_band_changes(name, bands):
             assert model(torch.zeros(1, 3, band, band)).shape == (1, 3)
     if name.startswith("swin"):
         assert model.layers[0].blocks[0].window_size == (bands[-1] // 32, bands[-1] // 32)
+
+
+def test_tensorboard_flag_says_what_is_missing_or_logs(demo_root, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RecipeError, match="pip install tensorboard"):
+            Trainer(tiny(demo_root, tmp_path, tensorboard=True))
+        return
+    train(tiny(demo_root, tmp_path, tensorboard=True))
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
