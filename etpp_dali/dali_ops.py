@@ -167,52 +167,42 @@ def resize(images: Any, *, size: tuple[int, int] | None = None, resize_shorter: 
 
 
 class _WarpOp:
-    """Batch function: bilinear affine warps of same-size HWC uint8 images with torch.
+    """Batch function: bicubic affine warps of HWC uint8 images with OpenCV.
 
-    ``grid_sample`` on channels-last float costs ~1 ms per 224-px image here, DALI's CPU
-    ``warp_affine`` ~2.5 ms. The fill is exact per channel: warp ``x - fill`` with zero padding,
-    then add ``fill`` back (edge pixels blend image and fill, as PIL's do).
+    ``cv2.warpAffine`` takes ~0.8 ms per 224-px image bicubic (0.26 bilinear) here, against
+    ~2.5 ms for DALI's CPU ``warp_affine`` (bilinear only) and ~1 ms for torch's ``grid_sample``;
+    its constant border takes the per-channel fill, and it releases the GIL.
     """
 
     def __init__(self, fill: Sequence[float]) -> None:
-        self.fill = torch.tensor(fill, dtype=torch.float32).view(1, -1, 1, 1)
+        self.fill = tuple(float(f) for f in fill)
 
     def __call__(self, images: list[np.ndarray], matrices: list[np.ndarray]) -> list[np.ndarray]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            x = torch.from_numpy(_batch_view(images)).permute(0, 3, 1, 2)  # N,C,H,W channels-last
-        n, c, h, w = x.shape
-        theta = torch.from_numpy(_normalised_theta(np.stack(matrices), h, w))
-        out = torch.empty((n, h, w, c), dtype=torch.uint8)
-        # chunks keep each temporary below glibc's mmap threshold (no page faults per call)
-        step = max(1, _CHUNK_BYTES // (c * h * w * 4))
-        for i in range(0, n, step):
-            xf = x[i:i + step].float() - self.fill
-            grid = torch.nn.functional.affine_grid(theta[i:i + step], [len(xf), 1, h, w], align_corners=False)
-            y = torch.nn.functional.grid_sample(xf, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            out[i:i + step] = (y + self.fill).round_().clamp_(0, 255).permute(0, 2, 3, 1)
-        return list(out.numpy())
+        import cv2
+
+        out = []
+        for img, m in zip(images, matrices):
+            h, w = img.shape[:2]
+            out.append(cv2.warpAffine(img, _opencv_matrix(m), (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill))
+        return out
 
 
-_CHUNK_BYTES = 4 << 20
-
-
-def _normalised_theta(matrices: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pixel-space inverse maps (output -> input, pixel centres at i + 0.5) as affine_grid's
-    normalised thetas (align_corners=False): theta = N M N^-1 with N(p) = 2 p / size - 1."""
-    norm = np.array([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]])
-    denorm = np.linalg.inv(norm)
-    full = np.concatenate([matrices, np.tile([[[0.0, 0.0, 1.0]]], (len(matrices), 1, 1))], axis=1)
-    return (norm @ full @ denorm)[:, :2].astype(np.float32)
+def _opencv_matrix(m: np.ndarray) -> np.ndarray:
+    """A map in PIL's convention (pixel centres at i + 0.5) in OpenCV's (centres at i)."""
+    m = np.asarray(m, dtype=np.float64)
+    shifted = m.copy()
+    shifted[:, 2] = m[:, 2] + 0.5 * (m[:, 0] + m[:, 1]) - 0.5
+    return shifted
 
 
 def warp_affine(images: Any, matrix: Any, *, fill: Sequence[float], size: tuple[int, int]) -> Any:
-    """Bilinear affine warp of HWC uint8 ``images`` of ``size`` (h, w) with a per-channel fill.
+    """Affine warp of HWC uint8 ``images`` of ``size`` (h, w) with a per-channel fill.
 
     ``matrix``: per-sample 2x3 inverse maps (output pixel -> input pixel, pixel centres at
-    i + 0.5, as PIL's affine transform). CPU: torch (see :class:`_WarpOp`). GPU: DALI's
-    ``warp_affine`` over the image framed by 1 px of fill, clamping at the frame (its own
-    ``fill_value`` is one value for all channels).
+    i + 0.5, as PIL's affine transform). CPU: OpenCV, bicubic as timm (see :class:`_WarpOp`).
+    GPU: DALI's bilinear ``warp_affine`` over the image framed by 1 px of fill, clamping at the
+    frame (its own ``fill_value`` is one value for all channels).
     """
     from nvidia.dali import fn, types
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from etpp_dali.randaugment import (COLOUR, FILL, GEOMETRIC, OPS, _COLOUR_CODE, _colour_value, _geometric_matrix,
-                                   apply_randaugment, sample_randaugment)
+                                   apply_colour_ops_dali, apply_randaugment, sample_randaugment)
 
 from conftest import HYMENOPTERA
 
@@ -51,7 +51,8 @@ def photos(n=6, side=96):
     return [np.asarray(Image.open(f).convert("RGB").resize((side, side))) for f in files]
 
 
-def run_randaugment(images, matrix, geometric, colour, value):
+def run_randaugment(images, matrix, geometric, colour, value, dali_colour=False):
+    """The CPU graph; ``dali_colour`` runs the colour ops as the GPU graph does (DALI operators)."""
     n = len(images)
     side = images[0].shape[:2]
 
@@ -62,6 +63,8 @@ def run_randaugment(images, matrix, geometric, colour, value):
         g = fn.external_source(source=lambda: list(geometric), batch=True)
         c = fn.external_source(source=lambda: list(colour), batch=True)
         v = fn.external_source(source=lambda: list(value), batch=True)
+        if dali_colour:
+            return apply_colour_ops_dali(x, c, v, "cpu")
         return apply_randaugment(x, m, g, c, v, side)
 
     p = pipe()
@@ -83,8 +86,9 @@ PIL_OPS = {
 }
 
 
-@pytest.mark.parametrize("op", sorted(PIL_OPS))
-def test_colour_op_matches_timm_pil(op):
+@pytest.mark.parametrize("dali_colour", [False, True], ids=["cpu-pillow", "gpu-graph-dali-ops"])
+@pytest.mark.parametrize("op", sorted(PIL_OPS) + ["Equalize"])
+def test_colour_op_matches_timm_pil(op, dali_colour):
     from timm.data import auto_augment as aa
 
     images = photos()
@@ -94,36 +98,38 @@ def test_colour_op_matches_timm_pil(op):
     value = np.zeros((n, 2), np.float32)
     colour[:, 0] = _COLOUR_CODE[op]
     value[:, 0] = _colour_value(op, lv, sign)
-    out = run_randaugment(images, np.zeros((n, 2, 3), np.float32), np.zeros(n, bool), colour, value)
+    out = run_randaugment(images, np.zeros((n, 2, 3), np.float32), np.zeros(n, bool), colour, value, dali_colour)
+    timm_op = PIL_OPS.get(op, lambda aa, im, lv: aa.equalize(im))
     for im, got in zip(images, out):
-        ref = np.asarray(PIL_OPS[op](aa, Image.fromarray(im), lv)).astype(int)
+        ref = np.asarray(timm_op(aa, Image.fromarray(im), lv)).astype(int)
         diff = np.abs(got.astype(int) - ref)
-        if op == "SharpnessIncreasing":
-            diff = diff[1:-1, 1:-1]  # PIL keeps the 1-px border; DALI filters it (reflected)
-        assert diff.max() <= 2, (op, diff.max())
+        if not dali_colour:
+            assert diff.max() == 0, op  # Pillow itself: exact
+        elif op == "Equalize":
+            assert got.max() - got.min() >= im.max() - im.min()  # DALI's formula differs; it spreads
+        else:
+            if op == "SharpnessIncreasing":
+                diff = diff[1:-1, 1:-1]  # PIL keeps the 1-px border; DALI filters it (reflected)
+            assert diff.max() <= 2, (op, diff.max())
 
 
-def test_two_colour_ops_apply_in_order_and_equalize_spreads_the_histogram():
+@pytest.mark.parametrize("dali_colour", [False, True], ids=["cpu-pillow", "gpu-graph-dali-ops"])
+def test_two_colour_ops_apply_in_order_and_untouched_samples_pass(dali_colour):
     images = photos(3)
     n = len(images)
     colour = np.zeros((n, 2), np.int32)
     value = np.zeros((n, 2), np.float32)
-    colour[:, 0], colour[:, 1] = _COLOUR_CODE["Invert"], _COLOUR_CODE["PosterizeIncreasing"]
-    value[:, 1] = _colour_value("PosterizeIncreasing", 0.5, 1)  # 2 bits kept
-    out = run_randaugment(images, np.zeros((n, 2, 3), np.float32), np.zeros(n, bool), colour, value)
-    for im, got in zip(images, out):
+    colour[:2, 0], colour[:2, 1] = _COLOUR_CODE["Invert"], _COLOUR_CODE["PosterizeIncreasing"]
+    value[:2, 1] = _colour_value("PosterizeIncreasing", 0.5, 1)  # 2 bits kept
+    out = run_randaugment(images, np.zeros((n, 2, 3), np.float32), np.zeros(n, bool), colour, value, dali_colour)
+    for im, got in zip(images[:2], out[:2]):
         assert np.array_equal(got, (255 - im) & 0b11000000)
-    colour[:, :] = 0
-    colour[:, 0] = _COLOUR_CODE["Equalize"]
-    flat = [np.clip(im // 4 + 100, 0, 255).astype(np.uint8) for im in images]  # a narrow histogram
-    out = run_randaugment(flat, np.zeros((n, 2, 3), np.float32), np.zeros(n, bool), colour, value)
-    for got in out:
-        assert got.max() - got.min() > 200
+    assert np.array_equal(out[2], images[2])  # drew no colour op
 
 
 @pytest.mark.parametrize("op,level,sign", [("Rotate", 0.7, 1.0), ("ShearX", 0.7, -1.0), ("ShearY", 0.5, 1.0),
                                            ("TranslateXRel", 0.5, 1.0), ("TranslateYRel", 0.5, -1.0)])
-def test_geometric_op_matches_timm_pil_bilinear(op, level, sign):
+def test_geometric_op_matches_timm_pil_bicubic(op, level, sign):
     from timm.data import auto_augment as aa
 
     images = photos(3, side=224)  # the boundary band is a small share at a realistic size
@@ -131,7 +137,7 @@ def test_geometric_op_matches_timm_pil_bilinear(op, level, sign):
     matrix = _geometric_matrix(op, level, sign, images[0].shape[:2])[:2].astype(np.float32)
     out = run_randaugment(images, np.repeat(matrix[None], n, 0), np.ones(n, bool),
                           np.zeros((n, 2), np.int32), np.zeros((n, 2), np.float32))
-    kw = {"resample": Image.BILINEAR, "fillcolor": FILL}
+    kw = {"resample": Image.BICUBIC, "fillcolor": FILL}
     timm_call = {"Rotate": lambda im: aa.rotate(im, 30 * level * sign, **kw),
                  "ShearX": lambda im: aa.shear_x(im, 0.3 * level * sign, **kw),
                  "ShearY": lambda im: aa.shear_y(im, 0.3 * level * sign, **kw),
@@ -139,4 +145,5 @@ def test_geometric_op_matches_timm_pil_bilinear(op, level, sign):
                  "TranslateYRel": lambda im: aa.translate_y_rel(im, 0.45 * level * sign, **kw)}[op]
     for im, got in zip(images, out):
         diff = np.abs(got.astype(int) - np.asarray(timm_call(Image.fromarray(im))).astype(int))
-        assert np.median(diff) <= 1 and np.percentile(diff, 99) <= 3, (op, np.percentile(diff, 99))
+        # OpenCV's bicubic kernel (a = -0.75) against PIL's (a = -0.5): close, not equal
+        assert np.median(diff) <= 1 and diff.mean() <= 1.5 and np.percentile(diff, 99) <= 8, (op, diff.mean())
