@@ -292,7 +292,6 @@ class Trainer:
         self.tb = self._tensorboard() if cfg.tensorboard and self.rank0 else None
         self.elapsed = 0.0
         self.stop_requested = False
-        self.stage_times: dict[int, float] = {}
 
     # ------------------------------------------------------------------------- set-up
     def _init_device(self) -> None:
@@ -441,7 +440,6 @@ class Trainer:
             "history": self.history,
             "partial": partial,
             "elapsed": self.elapsed,
-            "stage_times": {str(k): v for k, v in self.stage_times.items()},
         }
 
     def save(self, name: str, partial: dict[str, Any] | None = None) -> Path | None:
@@ -477,15 +475,15 @@ class Trainer:
         _set_rng_state(ckpt["rng"])
         self.history = list(ckpt["history"])
         self.elapsed = float(ckpt["elapsed"])
-        self.stage_times = {int(k): float(v) for k, v in ckpt["stage_times"].items()}
         return ckpt["partial"]
 
-    def _write_metrics(self) -> None:
+    def _write_metrics(self, new_row: bool = True) -> None:
+        """Rewrite metrics.jsonl from the history; log the newest row to TensorBoard."""
         if not self.rank0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         _write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        if self.tb is not None and self.history:
+        if self.tb is not None and self.history and new_row:
             row = self.history[-1]
             for key in ("loss", "lr", "images_per_s", "data_wait", "band", "magnitude", "top1", "top5", "ema_top1"):
                 if row.get(key) is not None:
@@ -539,7 +537,7 @@ class Trainer:
 
         cfg, cur, loader = self.cfg, self.curriculum, self.train_loader
         partial = self.load(self.resume_path) if self.resume_path else None
-        self._write_metrics()
+        self._write_metrics(new_row=False)  # a resumed run's log matches its checkpoint
         start_epoch = len(self.history)  # epochs 0..n-1 are done (a partial one continues)
         self._handle_signals()
         self.interrupted = False
@@ -576,7 +574,6 @@ class Trainer:
                 acc["time"] += spent
                 acc["wait"] += loader.wait_seconds - wait0
                 self.elapsed += spent
-                self.stage_times[stage.index] = self.stage_times.get(stage.index, 0.0) + spent
                 if self.stop_requested and loader.step < steps:
                     self.save("last.pt", partial=acc)
                     self.interrupted = True
