@@ -27,8 +27,8 @@ if [ -z "$data" ]; then
     [ -d "$data/train" ] || python3 -m etpp_dali demo-data "$data" --classes 10 --train-per-class 64 --val-per-class 4 --size 320
 fi
 status=0
-timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu-tests.txt" || status=1
-timeout 120 python3 -m etpp_dali bench op --device cuda --batch-size 256 --bands 96,160 --backends matmul,fft \
+timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu-tests.txt" || status=1
+timeout 90 python3 -m etpp_dali bench op --device cuda --batch-size 256 --bands 96,160 --backends matmul,fft \
     --json "$out/op-cuda.json" || status=1
 timeout 150 python3 -m etpp_dali bench loader --device cuda --data "$data" --bands 96,160,224 --batch-size 256 \
     --threads 8 --rounds 3 --steps 4 --json "$out/loader-cuda.json" || status=1

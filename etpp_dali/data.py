@@ -196,7 +196,7 @@ class ScanCache:
         return None
 
     def store(self, rel: str, st: os.stat_result, result: list) -> None:
-        self.entries[rel] = [st.st_size, st.st_mtime_ns, *result]
+        self.entries[rel] = [st.st_size, st.st_mtime_ns, *result]  # one dict store: atomic under the GIL
         self.dirty = True
 
     def inspect(self, key: str, path: Path, st: os.stat_result, deep: bool = False) -> list:
@@ -244,33 +244,43 @@ def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_ca
     index = {c: i for i, c in enumerate(classes)}
     cache = ScanCache(root, use_cache)
     scan = SplitScan(root=root, classes=classes)
+    files: list[tuple[str, Path, int]] = []  # (class, path, label) in a stable order
     for cls in found:
         if cls not in index:
             continue  # a val-only class: reported by scan_dataset
-        folder = root / cls
-        good = 0
-        for dirpath, dirnames, filenames in os.walk(folder):
+        for dirpath, dirnames, filenames in os.walk(root / cls):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = Path(dirpath) / name
-                rel = str(path.relative_to(root))
-                try:
-                    st = path.stat()
-                except OSError as exc:
-                    scan.bad.append(BadFile(str(path), f"cannot stat ({exc.strerror})"))
-                    continue
-                result = cache.inspect(rel, path, st, deep)
-                if result[0] == "ok":
-                    scan.records.append(ImageRecord(str(path), index[cls], result[2], result[3], result[1]))
-                    good += 1
-                else:
-                    scan.bad.append(BadFile(str(path), result[1]))
-        if good == 0:
-            scan.empty_classes.append(cls)
+            files += [(cls, Path(dirpath) / n, index[cls]) for n in sorted(filenames) if not n.startswith(".")]
+    results = _map_threads(lambda item: _inspect_cached(cache, root, item[1], deep), files)
+    good: dict[str, int] = {}
+    for (cls, path, label), result in zip(files, results):
+        if result[0] == "ok":
+            scan.records.append(ImageRecord(str(path), label, result[2], result[3], result[1]))
+            good[cls] = good.get(cls, 0) + 1
+        else:
+            scan.bad.append(BadFile(str(path), result[1]))
+    scan.empty_classes = [c for c in found if c in index and not good.get(c)]
     cache.save()
     return scan
+
+
+def _inspect_cached(cache: ScanCache, root: Path, path: Path, deep: bool) -> list:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return ["bad", f"cannot stat ({exc.strerror})"]
+    return cache.inspect(str(path.relative_to(root)), path, st, deep)
+
+
+def _map_threads(func, items: list) -> list:
+    """``[func(x) for x in items]`` on a few threads: first scans are I/O- and decoder-bound
+    (Pillow releases the GIL), cached ones cost a stat each."""
+    if len(items) < 64:
+        return [func(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
+        return list(pool.map(func, items, chunksize=64))
 
 
 def scan_dataset(root: str | Path, *, use_cache: bool = True, deep: bool = False) -> DatasetScan:
