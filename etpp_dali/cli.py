@@ -17,24 +17,6 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-def build_curriculum(preset: str, family: str, budget: float | None, resolution: int | None,
-                     replay: bool = False, baseline_budget: float | None = None) -> Curriculum:
-    """``--preset`` is a preset name or a schedule file; the other flags override it."""
-    try:
-        if preset in PRESETS:
-            kwargs = {} if baseline_budget is None else {"baseline_budget": baseline_budget}
-            return Curriculum.preset(preset, family=family, budget=budget,
-                                     resolution=resolution or 224, replay=replay, **kwargs)
-        path = Path(preset)
-        if not path.exists():
-            _fail(f"--preset {preset!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
-                  "schedule file")
-        return Curriculum.from_file(path, resolution=resolution, budget=budget)
-    except ScheduleError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail raises
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="etpp")
 def main() -> None:
@@ -57,7 +39,10 @@ def main() -> None:
 def schedule(preset: str, family: str, budget: float | None, resolution: int | None, replay: bool,
              as_json: bool, plot: str | None) -> None:
     """Print a curriculum: per stage its band, magnitude, replay and data epochs; then the totals."""
-    cur = build_curriculum(preset, family, budget, resolution, replay)
+    try:
+        cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay)
+    except ScheduleError as exc:
+        _fail(str(exc))
     summary = cur.summary()
     if plot:
         from .plots import plot_schedule

@@ -332,6 +332,20 @@ class Curriculum:
             data = data["schedule"]  # a recipe file holding a schedule section
         return cls.from_dict(data, source=str(path), resolution=resolution, budget=budget)
 
+    @classmethod
+    def resolve(cls, preset: str, *, family: str = "resnet", budget: float | None = None,
+                resolution: int | None = None, replay: bool = False,
+                baseline_budget: float | None = None) -> "Curriculum":
+        """What ``--preset`` names: a preset (``etpp``, ``et``, ``baseline``) or a schedule file;
+        the other options override the preset's or the file's."""
+        if preset in PRESETS:
+            kwargs = {} if baseline_budget is None else {"baseline_budget": baseline_budget}
+            return cls.preset(preset, family=family, budget=budget, resolution=resolution or REFERENCE_RESOLUTION,
+                              replay=replay, **kwargs)
+        if not Path(preset).is_file():
+            raise ScheduleError(f"--preset {preset!r} is neither a preset ({', '.join(PRESETS)}) nor a schedule file")
+        return cls.from_file(preset, resolution=resolution, budget=budget)
+
     def to_dict(self) -> dict[str, Any]:
         """The schedule as a mapping that :meth:`from_dict` reads back to an equal schedule."""
         return {

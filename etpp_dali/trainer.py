@@ -98,13 +98,9 @@ class TrainConfig:
                 budget = (self.budget if self.preset == "baseline" else None) or self.baseline_budget or 300
                 return Curriculum.preset("baseline", budget=budget, resolution=self.resolution,
                                          baseline_budget=budget)
-            kwargs = {"baseline_budget": self.baseline_budget} if self.baseline_budget else {}
-            if self.preset in ("etpp", "et", "baseline"):
-                return Curriculum.preset(self.preset, family=self.family, budget=self.budget,
-                                         resolution=self.resolution, replay=self.replay, **kwargs)
-            if not Path(self.preset).is_file():
-                raise RecipeError(f"--preset {self.preset!r} is neither etpp, et, baseline nor a schedule file")
-            return Curriculum.from_file(self.preset, resolution=self.resolution, budget=self.budget)
+            return Curriculum.resolve(self.preset, family=self.family, budget=self.budget,
+                                      resolution=self.resolution, replay=self.replay,
+                                      baseline_budget=self.baseline_budget)
         except ScheduleError as exc:
             raise RecipeError(str(exc)) from None
 

@@ -192,3 +192,13 @@ def test_curriculum_module_imports_neither_torch_nor_dali():
             "bad = [m for m in ('torch', 'nvidia.dali') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_resolve_names_a_preset_or_a_file(tmp_path):
+    assert Curriculum.resolve("et") == Curriculum.preset("et")
+    assert Curriculum.resolve("etpp", family="deit", budget=100, resolution=112).total_epochs == \
+        Curriculum.preset("etpp", family="deit", budget=100, resolution=112).total_epochs
+    f = write(tmp_path, "budget: 10\nstages:\n  - {band: 224, magnitude: 9}\n")
+    assert Curriculum.resolve(str(f), budget=20).total_epochs == 20
+    with pytest.raises(ScheduleError, match="neither a preset"):
+        Curriculum.resolve(str(tmp_path / "missing.yaml"))
