@@ -139,13 +139,13 @@ def _crop_pipeline(files: list[str], band: int, mode: str, *, batch: int, thread
                    resolution: int, backend: str, seed: int):
     from nvidia.dali import fn, pipeline_def, types
 
-    from .dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255, lowpass
+    from .dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255, lowpass, resize
 
     @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, seed=seed, prefetch_queue_depth=2)
     def crop_pipe():
         jpegs, labels = fn.readers.file(files=files, labels=[0] * len(files), random_shuffle=True)
         img = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB)
-        img = fn.resize(img, size=(resolution, resolution))
+        img = resize(img, size=(resolution, resolution))  # the production resize (torch, bicubic)
         img = fn.flip(img, horizontal=fn.random.coin_flip())
         return lowpass(img, band, mode=mode, mean=IMAGENET_MEAN_255, std=IMAGENET_STD_255, backend=backend), labels
 

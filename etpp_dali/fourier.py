@@ -190,13 +190,15 @@ _KERNELS = {"matmul": _matmul_kernel, "fft": _fft_kernel}
 
 
 # ------------------------------------------------------------------------------- choosing
-# Measured on this project's 2-core AVX-512 CPU (bench/op.sh, bench/results/): with 224 inputs
-# the GEMMs win up to a band of about 3/4 of the side (1 thread, uint8 NHWC, batch 64: 1,575 vs
-# 1,209 img/s at 96, 874 vs 903 at 160, 694 vs 775 at 192), and inside the DALI CPU pipeline
-# they also held the edge at 160 (bench/crop.sh); at small inputs (64 px) the GEMMs win at every
-# band. On CUDA the FFT is used because cuFFT's result does not depend on the user's TF32 matmul
-# setting, which would otherwise cost the crop its exactness (timm's train.py turns TF32 on).
-_CPU_MATMUL_MAX_RATIO = 0.75
+# Measured on this project's 2-core AVX-512 CPU (bench/op.sh and bench/crop.sh, bench/results/):
+# alone, with 224 inputs, the GEMMs win clearly at small bands (1 thread, uint8 NHWC, batch 64:
+# 1,752 vs 1,232 img/s at 96) and tie with the FFT from about 3/4 of the side (909 vs 904 at
+# 160, 700 vs 910 at 192). Inside the DALI CPU pipeline, over seven runs each, the GEMMs kept
+# 87-95% of the resize pipeline's rate at 96 (FFT 75-85%) and the FFT 83-94% at 160 (GEMMs
+# 81-89%): so the FFT from a band of 0.6 of the side. At small inputs (64 px) the GEMMs win at
+# every band. On CUDA the FFT is used because cuFFT's result does not depend on the user's TF32
+# matmul setting, which would otherwise cost the crop its exactness (timm's train.py turns TF32 on).
+_CPU_MATMUL_MAX_RATIO = 0.6
 _CPU_FFT_MIN_SIDE = 128
 
 

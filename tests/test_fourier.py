@@ -95,7 +95,8 @@ def test_cropper_reuses_its_buffers_and_handles_size_changes():
 
 def test_backend_rule():
     assert choose_backend((224, 224), (96, 96)) == "matmul"
-    assert choose_backend((224, 224), (160, 160)) == "matmul"
+    assert choose_backend((224, 224), (128, 128)) == "matmul"
+    assert choose_backend((224, 224), (160, 160)) == "fft"
     assert choose_backend((224, 224), (192, 192)) == "fft"
     assert choose_backend((64, 64), (56, 56)) == "matmul"
     assert choose_backend((224, 224), (96, 96), "cuda") == "fft"
