@@ -302,6 +302,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
             raise RecipeError("--amp fp16 needs a CUDA GPU; use --amp bf16 or off on the CPU")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes are fixed within a stage: tune once a stage
         threads = self.cfg.threads or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
         self.threads = threads
         if self.device.type == "cpu":
