@@ -127,11 +127,6 @@ class Stage:
         """One past the stage's last data epoch."""
         return self.start_epoch + self.epochs
 
-    @property
-    def randaugment(self) -> str:
-        """timm's config string for this stage's augmentation (what the reference passes)."""
-        return f"rand-m{self.magnitude:g}-mstd0.5-inc1"
-
 
 @dataclass(frozen=True)
 class SchedulePosition:
@@ -357,10 +352,6 @@ class Curriculum:
             "baseline_budget": self.baseline_budget,
             "stages": [asdict(s) for s in self.specs],
         }
-
-    def with_budget(self, budget: float) -> "Curriculum":
-        return Curriculum(self.specs, budget=budget, resolution=self.resolution, split=self.split,
-                          alpha=self.alpha, baseline_budget=self.baseline_budget, name=self.name)
 
     def fingerprint(self) -> str:
         """A short hash of the schedule, stored in checkpoints to catch a changed schedule."""

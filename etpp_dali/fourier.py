@@ -306,9 +306,3 @@ def fourier_crop(images: Any, size: int | Sequence[int], *, layout: str = "NCHW"
     # a cropper of its own: the buffers, and so the result, belong to this call alone
     result = FourierCropper(backend)(images, size, layout=layout, out_layout=out_layout).contiguous()
     return result.numpy() if isinstance(images, np.ndarray) else result
-
-
-def matmul_flops(in_hw: tuple[int, int], band: tuple[int, int], channels: int = 3) -> float:
-    """Floating-point operations of the matmul backend for one image."""
-    (h, w), (bh, bw) = in_hw, band
-    return 2.0 * channels * (bh * h * w + bh * w * bw)
