@@ -222,3 +222,23 @@ def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp
     val_src.records.insert(3, ImageRecord(str(bad), 0, 50, 40, "PNG"))
     val = ValidationLoader(val_src, 32, 5, device="cpu")
     assert [sum(len(y) for _, y in val) for _ in range(2)] == [24, 24]
+
+
+def test_loader_reads_webdataset_shards_and_file_lists(demo_root, tmp_path, unique_list):
+    import io
+    import tarfile
+
+    files = sorted((demo_root / "train").rglob("*.jpg"))[:32]
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, f in enumerate(files):
+            for name, payload in ((f"k{i:03d}.jpg", f.read_bytes()), (f"k{i:03d}.cls", str(i % 4).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    cur = small_schedule()
+    for data, n in ((str(shard), 32), (unique_list, 40)):
+        loader = CurriculumLoader(data, cur, batch_size=8, device="cpu")
+        loader.set_epoch(0)
+        got = [(x.shape, y) for x, y in loader]
+        assert sum(len(y) for _, y in got) == n and got[0][0] == (8, 3, 16, 16)
