@@ -360,18 +360,6 @@ def _time_to(history: Sequence[dict[str, Any]], top1: float) -> float | None:
     return None
 
 
-def _stall_by_stage(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fraction of each stage's wall time spent waiting for data."""
-    out: dict[int, dict[str, float]] = {}
-    for row in history:
-        d = out.setdefault(row["stage"], {"band": row["band"], "time": 0.0, "wait": 0.0, "images": 0})
-        d["time"] += row["epoch_time"]
-        d["wait"] += row["data_wait"] * row["epoch_time"]
-        d["images"] += row["images"]
-    return [{"stage": k, "band": int(v["band"]), "stall_fraction": round(v["wait"] / max(v["time"], 1e-9), 3),
-             "images_per_s": round(v["images"] / max(v["time"], 1e-9), 1)} for k, v in sorted(out.items())]
-
-
 def bench_train(base: Any, output: str | Path) -> dict[str, Any]:
     """EfficientTrain++ and the full-resolution baseline, same trainer, data and seed, one after
     the other in this process; evaluation every epoch so time-to-accuracy can be read."""
@@ -395,7 +383,8 @@ def bench_train(base: Any, output: str | Path) -> dict[str, Any]:
                      "images_seen": sum(r["images"] for r in hist), "top1": s["top1"], "top5": s["top5"],
                      "relative_compute": s["relative_compute"],
                      "time_to_baseline_top1_s": _time_to(hist, target) if target is not None else None,
-                     "stall_by_stage": _stall_by_stage(hist)})
+                     "stall_by_stage": [{k: st[k] for k in ("stage", "band", "stall_fraction", "images_per_s")}
+                                        for st in s["stages"] if st["done"]]})
     et_row, base_row = rows
     reach = et_row["time_to_baseline_top1_s"]
     return {

@@ -655,8 +655,10 @@ class Trainer:
                 continue
             t = sum(r["epoch_time"] for r in done)
             n = sum(r["images"] for r in done)
+            wait = sum(r["data_wait"] * r["epoch_time"] for r in done)  # data_wait: a fraction of the epoch
             rows.append({"stage": s.index, "band": s.band, "magnitude": s.magnitude, "epochs": s.epochs,
-                         "done": len(done), "wall_s": round(t, 1), "images_per_s": round(n / t, 1) if t else None})
+                         "done": len(done), "wall_s": round(t, 1), "images_per_s": round(n / t, 1) if t else None,
+                         "stall_fraction": round(wait / t, 3) if t else None})
         evals = [r for r in self.history if "top1" in r]
         final = evals[-1] if evals else {}
         full_res = [r for r in self.history if r["band"] == cur.resolution]
