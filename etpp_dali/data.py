@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .parallel import map_threads, usable_cores
+
 __all__ = [
     "BadFile",
     "DataError",
@@ -251,7 +253,9 @@ def scan_split(root: str | Path, classes: Sequence[str] | None = None, *, use_ca
         for dirpath, dirnames, filenames in os.walk(root / cls):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             files += [(cls, Path(dirpath) / n, index[cls]) for n in sorted(filenames) if not n.startswith(".")]
-    results = _map_threads(lambda item: _inspect_cached(cache, root, item[1], deep), files)
+    # first scans are I/O- and decoder-bound (Pillow releases the GIL); cached ones cost a stat
+    results = map_threads(lambda item: _inspect_cached(cache, root, item[1], deep), files,
+                          workers=min(8, 2 * usable_cores()), min_items=64)
     good: dict[str, int] = {}
     for (cls, path, label), result in zip(files, results):
         if result[0] == "ok":
@@ -270,17 +274,6 @@ def _inspect_cached(cache: ScanCache, root: Path, path: Path, deep: bool) -> lis
     except OSError as exc:
         return ["bad", f"cannot stat ({exc.strerror})"]
     return cache.inspect(str(path.relative_to(root)), path, st, deep)
-
-
-def _map_threads(func, items: list) -> list:
-    """``[func(x) for x in items]`` on a few threads: first scans are I/O- and decoder-bound
-    (Pillow releases the GIL), cached ones cost a stat each."""
-    if len(items) < 64:
-        return [func(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
-        return list(pool.map(func, items, chunksize=64))
 
 
 def scan_dataset(root: str | Path, *, use_cache: bool = True, deep: bool = False) -> DatasetScan:

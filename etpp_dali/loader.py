@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import re
 import sys
 import time
@@ -43,6 +42,7 @@ import torch
 
 from .curriculum import Curriculum, ScheduleError
 from .data import DataError
+from .parallel import usable_cores
 from .pipeline import PipelineConfig, build_train_pipeline, build_val_pipeline, make_train_batch
 from .sources import Source, open_source
 
@@ -71,10 +71,6 @@ def distributed_shard(shard_id: int | None, num_shards: int | None) -> tuple[int
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id = {shard_id} is outside 0..{num_shards - 1}")
     return shard_id, num_shards
-
-
-def _default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _to_torch(tensor_list: Any, device: torch.device) -> torch.Tensor:
@@ -202,7 +198,7 @@ class CurriculumLoader:
             raise DataError(f"{self.source.name}: {len(self.source)} images cannot feed {self.num_shards} ranks")
         gpu = self.device.type == "cuda"
         self.cfg = PipelineConfig(
-            resolution=curriculum.resolution, batch_size=batch_size, num_threads=num_threads or _default_threads(),
+            resolution=curriculum.resolution, batch_size=batch_size, num_threads=num_threads or usable_cores(),
             device="gpu" if gpu else "cpu",
             device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else device_id,
             seed=seed, lowpass=lowpass, fourier_backend=fourier_backend, randaugment=randaugment,
@@ -422,7 +418,7 @@ class ValidationLoader:
         self.indices = np.array_split(everything, self.num_shards)[self.shard_id]
         gpu = self.device.type == "cuda"
         self.cfg = PipelineConfig(
-            resolution=resolution, batch_size=batch_size, num_threads=num_threads or _default_threads(),
+            resolution=resolution, batch_size=batch_size, num_threads=num_threads or usable_cores(),
             device="gpu" if gpu else "cpu",
             device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else device_id,
             interpolation=interpolation or "cubic")

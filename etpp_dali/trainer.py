@@ -33,6 +33,7 @@ import torch
 
 from .curriculum import Curriculum, ScheduleError
 from .data import DataError
+from .parallel import usable_cores
 
 __all__ = ["TrainConfig", "RecipeError", "Trainer", "load_recipe", "train"]
 
@@ -304,7 +305,7 @@ class Trainer:
             raise RecipeError("--amp fp16 needs a CUDA GPU; use --amp bf16 or off on the CPU")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes are fixed within a stage: tune once a stage
-        threads = self.cfg.threads or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        threads = self.cfg.threads or max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
         self.threads = threads
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
