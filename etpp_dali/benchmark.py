@@ -374,7 +374,6 @@ def bench_train(base: Any, output: str | Path) -> dict[str, Any]:
         finally:
             trainer.close()
         runs[name] = {"summary": summary, "history": trainer.history}
-    base_hist, et_hist = runs["baseline"]["history"], runs["etpp"]["history"]
     target = runs["baseline"]["summary"]["top1"]
     rows = []
     for name in ("etpp", "baseline"):

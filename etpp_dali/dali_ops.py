@@ -239,7 +239,7 @@ def fourier_crop(images: Any, band: int | Any, *, layout: str = "HWC", mean: Seq
     change between iterations without a rebuild. ``mean``/``std`` (per channel, in the input's
     units) fuse the normalisation. Returns float32 CHW samples of ``band x band``.
     """
-    from nvidia.dali import fn, types
+    from nvidia.dali import fn
     from nvidia.dali.data_node import DataNode
 
     if layout not in ("HWC", "CHW"):

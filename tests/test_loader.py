@@ -1,4 +1,3 @@
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,6 @@ import torch
 from etpp_dali import Curriculum, StageSpec
 from etpp_dali.data import DataError
 from etpp_dali.loader import CurriculumLoader, ValidationLoader
-from etpp_dali.sources import file_list
 
 pytest.importorskip("nvidia.dali")
 
