@@ -269,6 +269,18 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _check_device(device: str) -> None:
+    """The loader's own device check, as a one-line CLI error (--device auto is not taken here)."""
+    from .loader import resolve_device
+
+    if device == "auto":
+        _fail("--device auto: name the device to measure, cpu or cuda")
+    try:
+        resolve_device(device)
+    except (ValueError, RuntimeError) as exc:
+        _fail(f"--device {device}: {exc}")
+
+
 def _emit(doc: dict, json_path: str | None, table: str) -> None:
     """Print the Markdown table; with --json also write the JSON and the table beside it (.md)."""
     from .benchmark import write_results
@@ -304,13 +316,7 @@ def bench_op_cmd(device, backends, bands, input_size, batch_size, layout, dtype,
     for b in backend_list:
         if b not in ("matmul", "fft"):
             _fail(f"--backends: {b!r} is unknown; use matmul and/or fft")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            _fail("--device cuda: no CUDA GPU is visible on this machine; use --device cpu")
-    elif device != "cpu":
-        _fail(f"--device {device!r} is unknown; use cpu or cuda")
+    _check_device(device)
     rows = bench_op(device=device, backends=backend_list, input_size=input_size,
                     bands=_int_list(bands, "--bands"), batch=batch_size, layout=layout, dtype=dtype,
                     threads=threads)
@@ -364,11 +370,7 @@ def bench_loader_cmd(data_dir, bands, magnitude, batch_size, threads, resolution
     band_list = _int_list(bands, "--bands")
     if any(b > resolution for b in band_list):
         _fail(f"--bands {bands}: every band must be <= --resolution {resolution}")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            _fail("--device cuda: no CUDA GPU is visible on this machine; use --device cpu")
+    _check_device(device)
     try:
         doc = bench_loader(data_dir, bands=band_list, magnitude=magnitude, batch=batch_size, threads=threads,
                            resolution=resolution, rounds=rounds, steps=steps, device=device,

@@ -262,10 +262,11 @@ class CurriculumLoader:
         perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.source))
         mine = perm[self.shard_id::self.num_shards][: self.shard_len]
         if self.excluded:  # a file the decoder failed on takes the place of the next good one
-            good = mine[~np.isin(mine, list(self.excluded))]
+            failed = np.isin(mine, list(self.excluded))
+            good = mine[~failed]
             if not len(good):
                 raise DataError(f"{self.source.name}: every image of this rank failed to decode")
-            bad_at = np.flatnonzero(np.isin(mine, list(self.excluded)))
+            bad_at = np.flatnonzero(failed)
             mine = mine.copy()
             mine[bad_at] = good[bad_at % len(good)]
         fresh = self.fresh_batch_size(epoch)

@@ -63,3 +63,10 @@ def test_bench_train_etpp_against_baseline(demo_root, tmp_path):
     assert runs["baseline"]["epochs"] == 3 and runs["etpp"]["schedule"].startswith("etpp")
     assert all(r["top1"] is not None and r["stall_by_stage"] for r in runs.values())
     assert doc["compute_speedup"] > 1 and "wall-clock speed-up" in text
+
+
+def test_bench_device_errors_are_one_line():
+    for args, needle in ((["op", "--device", "tpu"], "device = 'tpu' is unknown"),
+                         (["op", "--device", "auto"], "name the device")):
+        res = CliRunner().invoke(main, ["bench", *args])
+        assert res.exit_code != 0 and needle in res.output and res.output.strip().count("\n") == 0
