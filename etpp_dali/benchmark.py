@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .files import write_text_atomic
+
 __all__ = ["machine_info", "median_rate", "bench_op", "bench_crop_pipeline", "write_results",
            "peak_rss_mb", "markdown_table"]
 
@@ -424,9 +426,5 @@ def write_results(doc: dict[str, Any], path: str | Path | None) -> str:
     doc = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **doc}
     text = json.dumps(doc, indent=2)
     if path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, text + "\n")
     return text

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .files import atomic_path, write_text_atomic
 from .parallel import map_threads, usable_cores
 
 __all__ = [
@@ -220,10 +221,7 @@ class ScanCache:
         if not (self.enabled and self.dirty):
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": _SCAN_VERSION, "entries": self.entries}))
-            tmp.replace(self.path)
+            write_text_atomic(self.path, json.dumps({"version": _SCAN_VERSION, "entries": self.entries}))
         except OSError:
             pass  # a cache that cannot be written only costs time next run
 
@@ -386,20 +384,17 @@ def write_demo_dataset(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                         "--val-per-class >= 0 and --size >= 16")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out}: exists and is not empty; choose a new folder")
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    for split, per_class, offset in (("train", spec.train_per_class, 0), ("val", spec.val_per_class, 1)):
-        for label in range(spec.classes):
-            folder = tmp / split / f"class_{label:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            # one generator per (split, class): adding classes never changes existing images
-            rng = np.random.default_rng([spec.seed, offset, label])
-            for i in range(per_class):
-                buf = io.BytesIO()
-                Image.fromarray(_demo_image(label, spec, rng)).save(buf, format="JPEG", quality=spec.quality)
-                (folder / f"{split}_{label:02d}_{i:05d}.jpg").write_bytes(buf.getvalue())
-    if out.exists():
-        out.rmdir()
-    tmp.replace(out)
+    with atomic_path(out) as tmp:  # a folder: renamed over the (absent or empty) target at the end
+        for split, per_class, offset in (("train", spec.train_per_class, 0), ("val", spec.val_per_class, 1)):
+            for label in range(spec.classes):
+                folder = tmp / split / f"class_{label:02d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                # one generator per (split, class): adding classes never changes existing images
+                rng = np.random.default_rng([spec.seed, offset, label])
+                for i in range(per_class):
+                    buf = io.BytesIO()
+                    Image.fromarray(_demo_image(label, spec, rng)).save(buf, format="JPEG", quality=spec.quality)
+                    (folder / f"{split}_{label:02d}_{i:05d}.jpg").write_bytes(buf.getvalue())
     return out
 
 

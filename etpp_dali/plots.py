@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .curriculum import Curriculum
+from .files import atomic_path
 
 
 def _pyplot():
@@ -19,12 +20,9 @@ def _pyplot():
 
 def _save(fig: Any, path: str | Path) -> Path:
     """Write atomically: a half-written PNG never replaces a good one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return Path(path)
 
 
 def _stage_steps(curriculum: Curriculum) -> tuple[list[float], list[int], list[float]]:

@@ -33,6 +33,7 @@ import torch
 
 from .curriculum import Curriculum, ScheduleError
 from .data import DataError
+from .files import save_with, write_text_atomic
 from .parallel import usable_cores
 
 __all__ = ["TrainConfig", "RecipeError", "Trainer", "load_recipe", "train"]
@@ -176,22 +177,6 @@ def _world() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -446,7 +431,7 @@ class Trainer:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / name
-        _save_atomic(self.state(partial), path)
+        save_with(lambda f: torch.save(self.state(partial), f), path)
         return path
 
     def load(self, path: Path) -> dict[str, Any] | None:
@@ -481,7 +466,7 @@ class Trainer:
         if not self.rank0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         if self.tb is not None and self.history and new_row:
             row = self.history[-1]
             for key in ("loss", "lr", "images_per_s", "data_wait", "band", "magnitude", "top1", "top5", "ema_top1"):
@@ -642,7 +627,7 @@ class Trainer:
             snapshot = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.cfg),
                         "schedule": cur.state_dict(cur.position(epoch + 1)), "model": _unwrap(self.model).state_dict(),
                         "ema": self.ema.module.state_dict() if self.ema else None, "history": self.history}
-            _save_atomic(snapshot, self.out / f"stage{stage.index}.pt")
+            save_with(lambda f: torch.save(snapshot, f), self.out / f"stage{stage.index}.pt")
         self._write_metrics()
         return row
 
@@ -717,7 +702,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict[str, Any]:
     if trainer.rank0:
         out = Path(cfg.output)
         out.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         if trainer.history:
             from .plots import plot_training
 
