@@ -210,7 +210,7 @@ def _data_loader(spec: WindowSpec, loader: Any, torch_loader: Any) -> Running:
     def batches() -> Iterator[int]:
         while True:
             for x, _ in loader:
-                if x.device != device:
+                if x.device.type != device.type:
                     x = x.to(device, non_blocking=True)
                 yield len(x)
 
