@@ -36,7 +36,7 @@ per distinct expression and slot (DALI's conditionals run a branch only on its s
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,7 +109,8 @@ class _CropOp:
     def _bands(self, count: int, carriers: Sequence[Any] | None) -> list[int]:
         return [self.band] * count if carriers is None else [int(c.shape[0]) for c in carriers]
 
-    def _crop_by_band(self, samples: Sequence[Any], bands: list[int], stack: Any, own: bool) -> list[torch.Tensor]:
+    def _crop_by_band(self, samples: Sequence[Any], bands: list[int], stack: Callable[[list], torch.Tensor],
+                      own: bool) -> list[torch.Tensor]:
         """Per-sample crops in input order. ``own``: copy them out of the cropper's buffers (else
         they are views, valid until its next call)."""
         groups = _groups(bands)
