@@ -158,6 +158,7 @@ class Curriculum:
         baseline_budget: float = BASELINE_BUDGET,
         name: str = "custom",
         source: str = "schedule",
+        kind: str = "custom",
     ) -> None:
         _check_number(source, "budget", budget, low=0.0, open_low=True)
         _check_number(source, "baseline_budget", baseline_budget, low=0.0, open_low=True)
@@ -180,6 +181,7 @@ class Curriculum:
                 "make them add up to 1 or leave every share out for equal shares"
             )
         self.name = name
+        self.kind = kind
         self.budget = float(budget)
         self.resolution = resolution
         self.split = split
@@ -241,7 +243,7 @@ class Curriculum:
         ]
         label = f"{name}-{family}" if name == "etpp" else name
         return cls(scaled, budget=budget, resolution=resolution, split=split, alpha=alpha,
-                   baseline_budget=baseline_budget, name=label, source=f"preset {name}")
+                   baseline_budget=baseline_budget, name=label, source=f"preset {name}", kind=name)
 
     @classmethod
     def from_dict(

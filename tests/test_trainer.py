@@ -50,13 +50,15 @@ def test_short_run_writes_log_checkpoints_plot_and_summary(demo_root, tmp_path):
 
 def test_lr_follows_compute_with_warmup_and_cosine(demo_root, tmp_path):
     trainer = Trainer(tiny(demo_root, tmp_path, warmup_epochs=0.5))
+    optim = trainer.optim
     try:
-        assert trainer.lr_at(0.0) == 0.0
-        w = trainer.warmup
-        assert trainer.lr_at(w / 2) == pytest.approx(trainer.lr / 2)
-        assert trainer.lr_at(w) == pytest.approx(trainer.lr)
-        assert trainer.lr_at(1.0) == pytest.approx(trainer.cfg.min_lr)
-        values = [trainer.lr_at(f / 100) for f in range(101)]
+        assert optim.lr_at(0.0) == 0.0
+        w = optim.warmup
+        assert w == pytest.approx(trainer.curriculum.warmup_fraction(0.5))
+        assert optim.lr_at(w / 2) == pytest.approx(optim.lr / 2)
+        assert optim.lr_at(w) == pytest.approx(optim.lr)
+        assert optim.lr_at(1.0) == pytest.approx(trainer.cfg.min_lr)
+        values = [optim.lr_at(f / 100) for f in range(101)]
         peak = values.index(max(values))
         assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))
     finally:
@@ -218,7 +220,7 @@ def test_ddp_two_cpu_processes_with_gloo(demo_root, tmp_path):
 @pytest.mark.parametrize("name,bands", [("swin_tiny_patch4_window7_224", [96, 160, 224]),
                                         ("test_vit", [64, 96, 160])])
 def test_transformers_follow_band_changes(name, bands):
-    from etpp_dali.trainer import adapt_model_to_band, check_model_takes_bands, create_model
+    from etpp_dali.models import adapt_model_to_band, check_model_takes_bands, create_model
 
     model = create_model(name, num_classes=3, drop_path=0.0)
     check_model_takes_bands(model, bands, torch.device("cpu"), torch.contiguous_format)
