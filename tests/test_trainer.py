@@ -234,11 +234,32 @@ def test_transformers_follow_band_changes(name, bands):
 
 
 def test_tensorboard_flag_says_what_is_missing_or_logs(demo_root, tmp_path):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(RecipeError, match="pip install tensorboard"):
             Trainer(tiny(demo_root, tmp_path, tensorboard=True))
         return
     train(tiny(demo_root, tmp_path, tensorboard=True))
     assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_drop_path_scales_by_the_schedule_kind_not_its_name(tmp_path):
+    from etpp_dali.models import build_model
+
+    # a schedule file whose name starts with "et" keeps the rate given
+    etc = tmp_path / "etc_schedule.yaml"
+    etc.write_text("budget: 100\nstages:\n  - {band: 32, magnitude: 9}\n")
+    rates = {}
+    for label, over in (("etpp", dict(preset="etpp", budget=100)), ("et", dict(preset="et", budget=100)),
+                        ("baseline", dict(preset="baseline", budget=100)), ("file", dict(preset=str(etc)))):
+        cfg = TrainConfig(model="test_resnet", resolution=32, drop_path=0.2, **over)
+        cur = cfg.curriculum()
+        assert cur.kind == label
+        rates[label] = cfg.drop_path_rate(cur)
+    assert rates == pytest.approx({"etpp": 0.1, "et": 0.1, "baseline": 0.2, "file": 0.2})
+    # the model is built with that rate (timm's deepest block drops at the full rate)
+    cfg = TrainConfig(model="test_resnet", resolution=32, drop_path=0.2, preset=str(etc))
+    model, _ = build_model(cfg, cfg.curriculum(), num_classes=3, device=torch.device("cpu"))
+    probs = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert probs and max(probs) == pytest.approx(0.2)
