@@ -20,10 +20,17 @@ from .curriculum import Curriculum, ScheduleError
 from .files import save_with
 from .recipe import RecipeError
 
-__all__ = ["CHECKPOINT_FORMAT", "checkpoint_to_resume", "read_checkpoint", "rng_state", "set_rng_state",
-           "write_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_to_resume", "read_checkpoint", "rng_state", "seed_all",
+           "set_rng_state", "write_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch, NumPy and Python's ``random`` (timm's mixup/cutmix draw from NumPy's)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def rng_state() -> dict[str, Any]:

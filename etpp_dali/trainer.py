@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import checkpoint_to_resume, read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from .checkpoint import checkpoint_to_resume, read_checkpoint, rng_state, seed_all, set_rng_state, write_checkpoint
 from .curriculum import Stage
 from .distributed import agree_any, is_rank0, sum_over_ranks, threads_per_process, train_device, world_size
 from .files import write_text_atomic
@@ -60,7 +60,7 @@ class Trainer:
         data = open_train_data(cfg, self.curriculum, self.device, self.threads)
         self.data_root, self.num_classes = data.root, data.num_classes
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
-        torch.manual_seed(cfg.seed)
+        seed_all(cfg.seed)
         self.model, self.memory_format = build_model(cfg, self.curriculum, self.num_classes, self.device)
         self.optim = Optimisation(cfg, self.model, self.curriculum, self.num_classes, self.device)
         self.history: list[dict[str, Any]] = []

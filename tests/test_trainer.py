@@ -48,6 +48,15 @@ def test_short_run_writes_log_checkpoints_plot_and_summary(demo_root, tmp_path):
     assert json.loads((run / "summary.json").read_text())["epochs"] == total
 
 
+def test_the_seed_makes_a_run_with_mixup_repeatable(demo_root, tmp_path):
+    def losses(name):
+        cfg = tiny(demo_root, tmp_path, budget=1, mixup=0.4, cutmix=1.0, drop_path=0.1, output=str(tmp_path / name))
+        train(cfg)
+        return [json.loads(line)["loss"] for line in (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses("a") == losses("b")
+
+
 def test_lr_follows_compute_with_warmup_and_cosine(demo_root, tmp_path):
     trainer = Trainer(tiny(demo_root, tmp_path, warmup_epochs=0.5))
     optim = trainer.optim
