@@ -140,26 +140,6 @@ def find_recipe(name: str) -> Path:
     raise AssertionError
 
 
-_TRAIN_FLAGS = {  # flag -> TrainConfig field, for the options that map one to one
-    "data": "data", "val_split": "val_split", "model": "model", "preset": "preset", "family": "family",
-    "budget": "budget", "resolution": "resolution", "baseline_budget": "baseline_budget", "batch_size": "batch_size",
-    "lr": "lr", "device": "device", "amp": "amp", "mixup": "mixup", "cutmix": "cutmix", "smoothing": "smoothing",
-    "drop_path": "drop_path", "output": "output", "seed": "seed", "val_every": "val_every", "threads": "threads",
-    "lowpass": "lowpass", "clip_grad": "clip_grad", "warmup_epochs": "warmup_epochs",
-}
-
-
-def _init_distributed() -> None:
-    """Join the process group that torchrun describes in the environment (if any)."""
-    import os
-
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-
-
 @main.command()
 @click.option("--recipe", default=None, help="A recipe YAML (pipelines/) or its name; default: the demo recipe.")
 @click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the embedded demo set).")
@@ -196,6 +176,7 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
     """Train a timm model with the EfficientTrain++ curriculum (the demo when given nothing)."""
     import os
 
+    from .distributed import init_from_env
     from .trainer import RecipeError, TrainConfig, load_recipe, train as run_training
 
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -212,9 +193,7 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
         values = load_recipe(find_recipe(recipe or "demo")) if (recipe or not flags.get("data")) else {}
         if not recipe and flags.get("data"):
             values["name"] = Path(flags["data"]).name or "run"
-        for flag, field_name in _TRAIN_FLAGS.items():
-            if flags.get(flag) is not None:
-                values[field_name] = flags[flag]
+        values.update({key: value for key, value in flags.items() if value is not None})  # flags are named as the fields
         for name, value in (("baseline", baseline), ("channels_last", channels_last), ("ema", ema),
                             ("tensorboard", tensorboard)):
             if value:
@@ -226,7 +205,7 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
         out = Path(cfg.output)
         if not resume and (out / "last.pt").exists():
             _fail(f"--output {out} holds a run already; pass --resume to continue it or choose another --output")
-        _init_distributed()
+        init_from_env()
         summary = run_training(cfg, resume=str(out) if resume else None)
     except RecipeError as exc:
         _fail(str(exc))
