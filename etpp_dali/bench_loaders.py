@@ -295,12 +295,12 @@ def _decode_only(spec: WindowSpec, source: Any) -> Running:
 # ------------------------------------------------------------------ per-stage breakdown
 def _stage_graph(cfg: Any, feed: Callable[[], tuple], depth: int):
     """Our training graph (:mod:`etpp_dali.pipeline`) cut after stage ``depth`` of
-    decode (0), resize (1), flip + geometric ops (2), colour ops (3), crop + normalise (4)."""
+    decode (0), resize (1), flip + geometric ops (2), + colour ops (3), crop + normalise (4)."""
     from nvidia.dali import fn
 
-    from .dali_ops import lowpass, resize, warp_affine
+    from .dali_ops import apply_randaugment, lowpass, resize, warp_affine
     from .pipeline import _decoder_args
-    from .randaugment import FILL, apply_colour_ops_dali, pil_colour_ops
+    from .randaugment import FILL
 
     jpegs, labels, anchor, shape, flip, band, matrix, geometric, colour, value, magnitude, tag = \
         fn.external_source(source=feed, num_outputs=12, batch=True)
@@ -311,14 +311,11 @@ def _stage_graph(cfg: Any, feed: Callable[[], tuple], depth: int):
         img = resize(img, size=size, interpolation=cfg.interpolation)
     if depth >= 2:
         img = fn.flip(img, horizontal=flip)
+    if depth == 2:  # the geometric ops alone
         if geometric:
             img = warp_affine(img, matrix, fill=FILL, size=size)
-    if depth >= 3:
-        if cfg.device == "gpu":
-            img = apply_colour_ops_dali(img, colour, value, cfg.device)
-        elif fn.reductions.max(colour) > 0:
-            img = fn.python_function(img, colour, value, function=pil_colour_ops, batch_processing=True,
-                                     device="cpu", output_layouts="HWC")
+    if depth >= 3:  # the whole RandAugment: geometric, then colour ops
+        img = apply_randaugment(img, matrix, geometric, colour, value, size)
     if depth >= 4:
         img = lowpass(img, band, mode="fourier", mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
     return img, labels
