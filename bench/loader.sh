@@ -9,7 +9,7 @@
 #      of our loader (decode, resize, warp, colour ops, crop, hand-off to torch);
 #   2. small JPEGs (2,000 generated 224-px JPEGs, quality 75, ~13 KB each), where per-image
 #      overhead rather than decoding sets the pace.
-# Run it on an idle machine. About 11 minutes on 2 idle cores (45 windows of ~7-8 s per round,
+# Run it on an idle machine: about 11-12 minutes on 2 idle cores (45 windows of 6-11 s per round,
 # 2 rounds), plus ~1 minute to generate the small JPEGs the first time.
 # Usage: bench/loader.sh [PHOTOS] [OUTDIR] [SMALL_JPEG_DIR]
 # Exit status 1 if any loader failed (the other figures are written) or a window was not alone.
