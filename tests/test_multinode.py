@@ -86,10 +86,12 @@ def test_two_nodes_take_disjoint_parts_that_cover_the_epoch(demo_root, tmp_path)
 
 @pytest.mark.slow
 def test_a_node_that_cannot_reach_the_rendezvous_fails_with_torchruns_error_and_writes_nothing(tmp_path):
-    port = free_port()  # nothing listens there: node 0 never comes
-    cmd = torchrun(1, port, "--rdzv-conf", "timeout=3", "-m", "etpp_dali", "train", "--output", str(tmp_path / "run"),
-                   "--no-progress")
+    port = free_port()  # nothing listens there; is_host=false: this node only connects, as a remote one would
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
+           "--rdzv-conf", "is_host=false,read_timeout=3",
+           "-m", "etpp_dali", "train", "--output", str(tmp_path / "run"), "--no-progress"]
     (done,) = run_nodes([cmd], tmp_path, timeout=120)
     assert done.returncode != 0
-    assert f"127.0.0.1, {port}" in done.stdout  # torchrun's message names the endpoint
+    assert f"connect to (127.0.0.1, {port})" in done.stdout  # torchrun's message names the endpoint
     assert not (tmp_path / "run").exists()
