@@ -13,22 +13,16 @@ from etpp_dali.dali_iterator import DALIStyleIterator
 
 pytest.importorskip("nvidia.dali")
 
+import test_loader  # noqa: E402
 from etpp_dali.loader import CurriculumLoader  # noqa: E402
+
+unique_list = test_loader.unique_list  # 40 images, each with its own label, so labels name the samples
 
 
 def schedule():
     """Bands 16, 16, 24 (replay 2), 32, 32: five epochs at R = 32."""
     stages = [StageSpec(16, 0.0, 1 / 3), StageSpec(24, 4.0, 1 / 3, replay=2), StageSpec(32, 9.0, 1 / 3)]
     return Curriculum(stages, budget=6, resolution=32, split="epochs")
-
-
-@pytest.fixture(scope="module")
-def unique_list(demo_root, tmp_path_factory):
-    """40 images, each with its own label, so labels name the samples."""
-    files = sorted((demo_root / "train").rglob("*.jpg"))[:40]
-    path = tmp_path_factory.mktemp("list") / "unique.txt"
-    path.write_text("\n".join(f"{f} {i}" for i, f in enumerate(files)))
-    return path
 
 
 def dali_example_train(train_loader, batch_size):
