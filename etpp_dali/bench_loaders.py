@@ -140,7 +140,7 @@ def _ours(spec: WindowSpec, source: Any, *, lowpass: str, randaugment: bool) -> 
     from .curriculum import Curriculum, StageSpec
     from .loader import CurriculumLoader
 
-    cur = Curriculum([StageSpec(spec.band, float(spec.magnitude), 1.0)], budget=10_000,
+    cur = Curriculum([StageSpec(band=spec.band, magnitude=float(spec.magnitude), share=1.0)], budget=10_000,
                      resolution=spec.resolution, split="epochs")
     loader = CurriculumLoader(source, cur, batch_size=spec.batch, device=spec.device, num_threads=spec.threads,
                               seed=spec.seed, lowpass=lowpass, randaugment=randaugment, verbose=False)
