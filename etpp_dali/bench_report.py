@@ -74,7 +74,7 @@ def loader_tables(doc: dict[str, Any]) -> str:
              f"each loader alone in its own process, {s['rounds']} round(s) in alternating order, warm-up = prefetch "
              f"depth + {s['warmup']} batches, windows >= {s['min_batches']} batches and >= {s['min_seconds']:g} s; "
              "median (min-max of the rounds); memory: the process's peak RSS plus its workers' RSS (pages they share "
-             "counted once each)", "", *_rates_table(doc)]
+             "counted in each)", "", *_rates_table(doc)]
     for extra in (_ratio_table(doc), _breakdown_table(doc)):
         if extra:
             parts += ["", *extra]
@@ -105,7 +105,7 @@ def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
         xs = [g + i * width for g in range(len(bands))]
         med = [e["median"] if e else 0 for e in entries]
         err = [[(e["median"] - e["min"]) if e else 0 for e in entries], [(e["max"] - e["median"]) if e else 0 for e in entries]]
-        top.bar(xs, med, width=width, yerr=err, capsize=2, label=LOADERS[name].label)
+        top.bar(xs, med, width=width, yerr=err, capsize=2, label=LOADERS[name].label, color=_colour(name))
     _band_axis(top, bands, width, len(names), "images/sec")
     top.legend(fontsize=7, ncol=2)
     s = doc["settings"]
@@ -114,7 +114,9 @@ def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
     width = 0.8 / max(len(peers), 1)
     for i, peer in enumerate(peers):
         xs = [g + i * width for g in range(len(bands))]
-        bottom.bar(xs, [doc["ratios"][str(b)].get(peer, 0) for b in bands], width=width, label=LOADERS[peer].label)
+        bars = bottom.bar(xs, [doc["ratios"][str(b)].get(peer, 0) for b in bands], width=width,
+                          label=LOADERS[peer].label, color=_colour(peer))
+        bottom.bar_label(bars, fmt="%.2f", fontsize=7)
     bottom.axhline(1.0, color="black", linewidth=0.8)
     _band_axis(bottom, bands, width, len(peers), "ours / peer")
     if peers:
@@ -122,6 +124,11 @@ def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def _colour(name: str) -> str:
+    """One colour per loader in both panels."""
+    return f"C{DEFAULT_LOADERS.index(name) % 10}"
 
 
 def _band_axis(ax: Any, bands: list[int], width: float, count: int, ylabel: str) -> None:
