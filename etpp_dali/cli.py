@@ -121,12 +121,26 @@ def check_data(data_dir: str, no_cache: bool, deep: bool) -> None:
 
 
 def recipe_dirs() -> list[Path]:
-    """Where named recipes live: the checkout's pipelines/, else the installed copy."""
-    here = Path(__file__).resolve().parent.parent / "pipelines"
-    return [here, Path(sys.prefix) / "share" / "etpp-dali" / "pipelines"]
+    """Where named recipes live: a source checkout's pipelines/ (so an editable install or a
+    PYTHONPATH run reads the files being edited), then the copy installed with the package
+    (``etpp_dali.recipes``, package data of a wheel)."""
+    from importlib import resources
+
+    dirs = []
+    root = Path(__file__).resolve().parent.parent
+    if (root / "setup.cfg").is_file() and (root / "pipelines").is_dir():
+        dirs.append(root / "pipelines")
+    try:
+        installed = resources.files("etpp_dali.recipes")
+    except ModuleNotFoundError:  # a checkout run straight from its folder
+        installed = None
+    if isinstance(installed, Path) and installed.is_dir() and installed.resolve() not in dirs:
+        dirs.append(installed.resolve())
+    return dirs
 
 
 def find_recipe(name: str) -> Path:
+    """A recipe file: ``name`` as a path, else a named recipe (``demo`` or ``demo.yaml``)."""
     path = Path(name)
     if path.is_file():
         return path
@@ -134,8 +148,9 @@ def find_recipe(name: str) -> Path:
         for candidate in (folder / name, folder / f"{name}.yaml"):
             if candidate.is_file():
                 return candidate
-    known = sorted({p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.yaml")})
-    _fail(f"--recipe {name!r}: no such file or recipe; known recipes: {', '.join(known) or 'none found'}")
+    known = sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")})
+    _fail(f"--recipe {name!r}: no such file or recipe; installed recipes: {', '.join(known) or 'none found'} "
+          "(or give a recipe file's path)")
     raise AssertionError
 
 

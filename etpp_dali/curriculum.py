@@ -82,6 +82,7 @@ class Stage:
     epochs: int
     start_epoch: int
     compute: float  # in full-resolution epochs
+    batch: int = 0  # per-device batch of the stage; 0: the run's batch
 
     @property
     def end_epoch(self) -> int:
@@ -227,7 +228,7 @@ class Curriculum:
             epochs = hi - lo
             compute = epochs * spec.replay * self._cost(spec.band)
             stages.append(Stage(i, spec.band, float(spec.magnitude), spec.replay, spec.buffer,
-                                spec.share, epochs, start, compute))
+                                spec.share, epochs, start, compute, spec.batch))
             start += epochs
         return tuple(stages)
 

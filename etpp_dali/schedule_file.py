@@ -20,6 +20,7 @@ imports neither torch nor DALI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ MIN_BAND = 16
 SPLITS = ("compute", "epochs")
 _SHARE_TOLERANCE = 1e-6
 _FILE_KEYS = ("stages", "budget", "resolution", "split", "alpha", "baseline_budget", "name")
-_STAGE_KEYS = ("band", "magnitude", "share", "replay", "buffer")
+_STAGE_KEYS = ("band", "magnitude", "share", "replay", "buffer", "batch")
 
 
 class ScheduleError(ValueError):
@@ -51,6 +52,8 @@ class StageSpec:
     ``split``). ``replay`` r: the loader decodes 1/r of each batch fresh and draws the rest from
     a buffer of recent samples, so the stage needs r times fewer data epochs for the same steps.
     ``buffer`` is the replay buffer's capacity in samples per rank (0: a default from the batch size).
+    ``batch`` is the stage's per-device batch (0: the run's batch); the trainer accumulates
+    gradients so that every optimiser step still sees the run's global batch.
     """
 
     band: int
@@ -58,6 +61,7 @@ class StageSpec:
     share: float
     replay: int = 1
     buffer: int = 0
+    batch: int = 0
 
 
 def scale_band(band: int, resolution: int, reference_resolution: int = REFERENCE_RESOLUTION) -> int:
@@ -117,8 +121,7 @@ def parse_schedule(data: Any, *, source: str = "schedule", resolution: int | Non
     if target != file_resolution:
         if not _is_int(target) or target < MIN_BAND:
             raise ScheduleError(f"--resolution {target!r} is not an integer >= {MIN_BAND}")
-        specs = [StageSpec(scale_band(s.band, target, file_resolution), s.magnitude, s.share, s.replay, s.buffer)
-                 for s in specs]
+        specs = [dataclasses.replace(s, band=scale_band(s.band, target, file_resolution)) for s in specs]
     return {
         "stages": specs,
         "budget": data.get("budget", DEFAULT_BUDGET) if budget is None else budget,
@@ -144,7 +147,7 @@ def _parse_stages(source: str, raw_stages: list[Any], resolution: int) -> list[S
             if key not in raw:
                 raise ScheduleError(f"{source}: stages[{i}].{key} is missing")
         spec = StageSpec(band=raw["band"], magnitude=raw["magnitude"], share=raw.get("share", 1 / len(raw_stages)),
-                         replay=raw.get("replay", 1), buffer=raw.get("buffer", 0))
+                         replay=raw.get("replay", 1), buffer=raw.get("buffer", 0), batch=raw.get("batch", 0))
         _check_stage(source, i, spec, resolution)
         specs.append(spec)
     return specs
@@ -210,6 +213,9 @@ def _check_stage(source: str, i: int, spec: StageSpec, resolution: int) -> None:
         raise ScheduleError(f"{source}: {where}.replay = {spec.replay!r} is invalid; use an integer >= 1")
     if not _is_int(spec.buffer) or spec.buffer < 0:
         raise ScheduleError(f"{source}: {where}.buffer = {spec.buffer!r} is invalid; use an integer >= 0")
+    if not _is_int(spec.batch) or spec.batch < 0:
+        raise ScheduleError(f"{source}: {where}.batch = {spec.batch!r} is invalid; use an integer >= 1 "
+                            "(or 0 for the run's batch)")
 
 
 def _reject_unknown(source: str, prefix: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:
