@@ -1,7 +1,8 @@
 """Checkpoints of a run: written atomically, read back with their checks, and the RNG states.
 
 ``last.pt`` holds everything a run needs to continue (model, optimiser, scaler, EMA, loader
-position, RNG states, schedule position, metrics history, a partly done epoch's sums); it is
+position, RNG states, schedule position, metrics history, a partly done epoch's sums, and the
+band a Swin's weights are set for, as its tables have that band's shapes); it is
 written with :func:`etpp_dali.files.save_with` (a temporary file, flushed, then renamed), so a
 ``kill -9`` at any moment leaves the last good checkpoint in place. Reading uses
 ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain data only.
