@@ -34,17 +34,28 @@ def main() -> None:
 @click.option("--resolution", type=int, default=None,
               help="Full resolution R; bands scale as B*R/224 (default 224, or the file's).")
 @click.option("--replay", is_flag=True, help="Turn on the reference's replay presets (etpp).")
+@click.option("--batch-size", type=int, default=None,
+              help="Per-device batch at full resolution: adds each stage's batch and accumulation to the table.")
+@click.option("--global-batch", type=int, default=None, help="Images per optimiser step (default: batch x devices).")
+@click.option("--stage-batch", default=None, help="auto, or per-device batches, one a stage (0: --batch-size).")
+@click.option("--devices", type=int, default=1, show_default=True, help="Devices the global batch is spread over.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of band and magnitude against the compute fraction.")
 def schedule(preset: str, family: str, budget: float | None, resolution: int | None, replay: bool,
+             batch_size: int | None, global_batch: int | None, stage_batch: str | None, devices: int,
              as_json: bool, plot: str | None) -> None:
-    """Print a curriculum: per stage its band, magnitude, replay and data epochs; then the totals."""
+    """Print a curriculum: per stage its band, magnitude, replay, data epochs (and with
+    --batch-size its per-device batch and gradient accumulation); then the totals."""
     try:
         cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay)
     except ScheduleError as exc:
         _fail(str(exc))
     summary = cur.summary()
+    if batch_size is not None:
+        _add_stage_batches(summary, cur, batch_size, global_batch, stage_batch, devices)
+    elif global_batch is not None or stage_batch is not None:
+        _fail("--global-batch and --stage-batch need --batch-size (the per-device batch at full resolution)")
     if plot:
         from .plots import plot_schedule
 
@@ -52,20 +63,50 @@ def schedule(preset: str, family: str, budget: float | None, resolution: int | N
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    _print_schedule(cur, summary)
+
+
+def _add_stage_batches(summary: dict, cur: Curriculum, batch_size: int, global_batch: int | None,
+                       stage_batch: str | None, devices: int) -> None:
+    """Resolve the stages' batches as a run would and add them (and the accumulation) to the rows."""
+    from .batching import BatchError, global_batch_size, resolve_stage_batches, stage_batch_rows
+
+    for flag, value in (("--batch-size", batch_size), ("--global-batch", global_batch), ("--devices", devices)):
+        if value is not None and value < 1:
+            _fail(f"{flag} {value}: must be >= 1")
+    rule = None if stage_batch is None else _stage_batch_option(stage_batch)
+    try:
+        resolved = resolve_stage_batches(cur, batch_size=batch_size, global_batch=global_batch, world=devices,
+                                         stage_batch=rule)
+    except (BatchError, ScheduleError) as exc:
+        _fail(str(exc))
+    total = global_batch_size(batch_size, global_batch, devices)
+    for row, extra in zip(summary["stages"], stage_batch_rows(resolved, batch_size, total, devices)):
+        row.update(extra)
+    summary.update(batch_size=batch_size, global_batch=total, devices=devices)
+
+
+def _print_schedule(cur: Curriculum, summary: dict) -> None:
+    batches = "global_batch" in summary
     click.echo(f"{cur.name}: budget E = {cur.budget:g} ({'full-resolution epochs of compute' if cur.split == 'compute' else 'data epochs'}), "
                f"R = {cur.resolution}, cost ~ (B/R)^{cur.alpha:g}")
+    if batches:
+        click.echo(f"global batch {summary['global_batch']} over {summary['devices']} device(s); batch: per device, "
+                   "accum: micro-batches per optimiser step")
     header = f"{'stage':>5} {'band':>5} {'mag':>5} {'replay':>6} {'epochs':>7} {'epoch range':>13} {'compute':>8} {'cumul.':>7}"
+    header += f" {'batch':>6} {'accum':>5}" if batches else ""
     click.echo(header)
     click.echo("-" * len(header))
     for row in summary["stages"]:
         rng = f"{row['start_epoch']}-{row['end_epoch'] - 1}" if row["epochs"] else "-"
-        click.echo(f"{row['stage']:>5} {row['band']:>5} {row['magnitude']:>5g} {row['replay']:>6} "
-                   f"{row['epochs']:>7} {rng:>13} {row['compute_share']:>8.1%} {row['cumulative_compute']:>7.1%}")
+        line = (f"{row['stage']:>5} {row['band']:>5} {row['magnitude']:>5g} {row['replay']:>6} "
+                f"{row['epochs']:>7} {rng:>13} {row['compute_share']:>8.1%} {row['cumulative_compute']:>7.1%}")
+        click.echo(line + (f" {row['batch']:>6} {row['accumulation']:>5}" if batches else ""))
     click.echo("-" * len(header))
     click.echo(f"data epochs {summary['data_epochs']}, compute {summary['total_compute']:.1f} full-res epochs, "
                f"relative compute {summary['relative_compute']:.3f} of a {summary['baseline_budget']:g}-epoch "
                f"baseline, speed-up {summary['speedup']:.2f}x")
-    if plot:
+    if "plot" in summary:
         click.echo(f"plot written to {summary['plot']}")
 
 
@@ -166,7 +207,15 @@ def find_recipe(name: str) -> Path:
 @click.option("--resolution", type=int, default=None, help="Full resolution R.")
 @click.option("--baseline", is_flag=True, default=None, help="No curriculum: full size, m = 9, its own budget.")
 @click.option("--baseline-budget", type=float, default=None, help="Epochs of the baseline (and what speed-ups are against).")
-@click.option("--batch-size", type=int, default=None, help="Global batch size per step.")
+@click.option("--batch-size", type=int, default=None, help="Per-device batch at full resolution.")
+@click.option("--global-batch", type=int, default=None,
+              help="Images per optimiser step over all devices (default: batch size x devices).")
+@click.option("--stage-batch", default=None,
+              help="Per-device batch of each stage: auto (batch x (R/B)^2, dividing the global batch) or a "
+                   "comma-separated list, one a stage (0: --batch-size); smaller batches accumulate gradients.")
+@click.option("--echo", default=None,
+              help="Reuse of decoded images: auto (measured per stage), off, or a factor N for every stage "
+                   "(default: the schedule's replay factors).")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: 4e-3 x batch / 4096).")
 @click.option("--warmup-epochs", type=float, default=None, help="Warm-up in full-resolution epochs of compute.")
 @click.option("--device", default=None, help="auto, cpu or cuda.")
@@ -209,6 +258,10 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
         if not recipe and flags.get("data"):
             values["name"] = Path(flags["data"]).name or "run"
         values.update({key: value for key, value in flags.items() if value is not None})  # flags are named as the fields
+        if flags.get("stage_batch") is not None:
+            values["stage_batch"] = _stage_batch_option(flags["stage_batch"])
+        if flags.get("echo") is not None:
+            values["echo"] = _echo_option(flags["echo"])
         for name, value in (("baseline", baseline), ("channels_last", channels_last), ("ema", ema),
                             ("tensorboard", tensorboard)):
             if value:
@@ -252,6 +305,29 @@ def _print_summary(s: dict) -> None:
     if s.get("interrupted"):
         click.echo(f"interrupted: continue with etpp train --resume --output {s['output']}")
     click.echo(f"run folder: {s['output']} (metrics.jsonl, curves.png, summary.json, last.pt)")
+
+
+def _stage_batch_option(text: str) -> str | list[int]:
+    """``--stage-batch``: ``auto`` or a comma-separated list of per-device batches (0 allowed)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values):
+        _fail(f"--stage-batch {text!r}: give auto or per-device batches, one a stage, e.g. 256,256,128,64 "
+              "(0: --batch-size)")
+    return values
+
+
+def _echo_option(text: str) -> str | int:
+    """``--echo``: auto, off or a whole factor N >= 1."""
+    if text in ("auto", "off"):
+        return text
+    if not text.isdigit() or int(text) < 1:
+        _fail(f"--echo {text!r}: use auto, off or a whole factor N >= 1")
+    return int(text)
 
 
 def _int_list(text: str, flag: str) -> list[int]:

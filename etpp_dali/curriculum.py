@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -182,6 +182,15 @@ class Curriculum:
             raise ScheduleError(f"--preset {preset!r} is neither a preset ({', '.join(PRESETS)}) nor a schedule file")
         return cls.from_file(preset, resolution=resolution, budget=budget)
 
+    def with_stage_batches(self, batches: Sequence[int]) -> "Curriculum":
+        """The same schedule with stage k's per-device batch set to ``batches[k]`` (0: the run's
+        batch); data epochs and compute do not depend on the batch."""
+        if len(batches) != len(self.specs):
+            raise ScheduleError(f"{len(batches)} stage batches for {len(self.specs)} stages; give one a stage")
+        specs = [replace(s, batch=b) for s, b in zip(self.specs, batches)]
+        return Curriculum(specs, budget=self.budget, resolution=self.resolution, split=self.split, alpha=self.alpha,
+                          baseline_budget=self.baseline_budget, name=self.name, kind=self.kind)
+
     def to_dict(self) -> dict[str, Any]:
         """The schedule as a mapping that :meth:`from_dict` reads back to an equal schedule."""
         return {
@@ -308,7 +317,7 @@ class Curriculum:
             saved = Curriculum.from_dict(state["schedule"], source="checkpoint")
             raise ScheduleError(
                 f"the checkpoint was written with schedule {saved!r}, not {self!r}; "
-                "resume with the same preset, budget and resolution"
+                "resume with the same preset, budget, resolution and stage batches"
             )
         pos = state["position"]
         return self.position(int(pos["epoch"]), int(pos["step"]))
@@ -321,7 +330,7 @@ class Curriculum:
         for s in self.stages:
             cumulative += s.compute
             rows.append({
-                "stage": s.index, "band": s.band, "magnitude": s.magnitude, "replay": s.replay,
+                "stage": s.index, "band": s.band, "magnitude": s.magnitude, "replay": s.replay, "batch": s.batch,
                 "epochs": s.epochs, "start_epoch": s.start_epoch, "end_epoch": s.end_epoch,
                 "compute": round(s.compute, 4), "compute_share": round(s.compute / total, 4),
                 "cumulative_compute": round(cumulative / total, 4),

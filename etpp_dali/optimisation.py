@@ -10,6 +10,7 @@ recipes) or ``warmup_fraction`` of the budget (DeiT: 0.2).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 from typing import Any, Mapping
@@ -31,14 +32,15 @@ class Optimisation:
     wrapper, never the module inside it, so read it from here rather than keep a copy."""
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, curriculum: Curriculum, num_classes: int,
-                 device: torch.device) -> None:
+                 device: torch.device, global_batch: int | None = None) -> None:
         import timm.optim
         from timm.utils import ModelEmaV3
 
         self.cfg = cfg
         self.model = model
         self.device = device
-        self.lr = cfg.learning_rate(cfg.batch_size)
+        # the images an optimiser step sees over all devices, whatever a stage's micro-batch
+        self.lr = cfg.learning_rate(global_batch or cfg.global_batch_size(1))
         # fused on a GPU: one kernel for all parameters, and the fp16 scaler's inf check stays on the device
         self.optimizer = timm.optim.create_optimizer_v2(unwrap_model(model), "adamw", lr=self.lr,
                                                         weight_decay=cfg.weight_decay,
@@ -87,24 +89,35 @@ class Optimisation:
             gc.collect()  # in case the wrapper sits in a reference cycle
             self.model = wrap_for_ranks(self.model, self.device)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on a batch; returns the batch's mean loss, still on the device
-        (reading it would make the host wait for the step to finish)."""
-        loss = self.backward(images, labels)
-        self.optimizer_step()
+    def step(self, images: torch.Tensor, labels: torch.Tensor, *, micro_batches: int = 1,
+             last: bool = True) -> torch.Tensor:
+        """One micro-batch of an optimiser step that averages ``micro_batches`` equal micro-batches:
+        its backward with the loss scaled by ``1 / micro_batches`` (the gradients add up to the
+        mean over the group's images), then, on the ``last`` of the group, the optimiser step.
+        Returns the micro-batch's mean loss, unscaled and still on the device (reading it would
+        make the host wait for the step to finish)."""
+        loss = self.backward(images, labels, scale=1.0 / micro_batches, sync=last)
+        if last:
+            self.optimizer_step()
         return loss
 
-    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of a batch (mixup, AMP, loss scaling); gradients add up in the
-        parameters until :meth:`optimizer_step`. Returns the detached loss."""
+    def backward(self, images: torch.Tensor, labels: torch.Tensor, *, scale: float = 1.0,
+                 sync: bool = True) -> torch.Tensor:
+        """Forward and backward of a batch (mixup, AMP, loss scaling), the loss times ``scale``;
+        gradients add up in the parameters until :meth:`optimizer_step`. Under DDP, ``sync=False``
+        skips the gradients' all-reduce (a micro-batch that is not the last of its group: the
+        last one reduces the sum). Returns the detached, unscaled loss."""
         targets = labels
         if self.mixup is not None:
             if len(images) % 2:  # timm's batch mixup needs an even batch
                 images, labels = images[:-1], labels[:-1]
             images, targets = self.mixup(images, labels)
-        with self.autocast():
-            loss = self.criterion(self.model(images), targets)
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        no_sync = getattr(self.model, "no_sync", None)
+        with no_sync() if no_sync is not None and not sync else contextlib.nullcontext():
+            with self.autocast():
+                loss = self.criterion(self.model(images), targets)
+            scaled = loss * scale if scale != 1.0 else loss
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss.detach()
 
     def optimizer_step(self) -> None:

@@ -11,14 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .batching import AUTO, BatchError, global_batch_size, resolve_stage_batches
 from .curriculum import Curriculum, ScheduleError
 
-__all__ = ["DROP_PATH_REFERENCE_BUDGET", "RecipeError", "TrainConfig", "load_recipe"]
+__all__ = ["DROP_PATH_REFERENCE_BUDGET", "ECHO_KINDS", "RecipeError", "TrainConfig", "load_recipe"]
 
 # The reference recipes give drop-path at E = 200 and scale it by E / 200 with the budget of
 # their curricula (the etpp and et presets); a baseline or a schedule file keeps the rate given.
 DROP_PATH_REFERENCE_BUDGET = 200.0
 _DROP_PATH_SCALED_KINDS = ("etpp", "et")
+ECHO_KINDS = ("augment", "tensor")  # a decoded image augmented anew at each use, or replayed identical
+_ECHO_POLICIES = ("auto", "off")
 
 
 class RecipeError(ValueError):
@@ -41,9 +44,19 @@ class TrainConfig:
     replay: bool = False
     baseline: bool = False              # train without the curriculum: full size, m = 9
     baseline_budget: float | None = None  # epochs of the baseline (default: the schedule's)
+    # batches (see etpp_dali.batching)
+    batch_size: int = 256               # per-device batch at full resolution
+    global_batch: int | None = None     # images per optimiser step over all devices (default: batch_size x world)
+    stage_batch: str | list[int] | None = None  # "auto", one per-device batch a stage, or the schedule's
+    stage_batch_cap: int | None = None  # the most a stage's per-device batch may be (auto)
+    # echo: reuse of decoded images in a stage (the schedule's replay factor r by default)
+    echo: str | int | None = None       # auto (measured), off (r = 1), N (r = N in every stage), or the schedule's
+    echo_kind: str = "augment"          # augment: each use augmented anew; tensor: identical replay
+    echo_max: int = 4                   # the largest factor auto may pick
+    echo_buffer_mb: float | None = None  # the decoded-image buffer's bound (default: the loader's)
+    reprob: float = 0.0                 # random-erasing probability per sample
     # optimisation
-    batch_size: int = 256               # global batch per step
-    lr: float | None = None             # absolute lr; default: base_lr * batch_size / lr_base_batch
+    lr: float | None = None             # absolute lr; default: base_lr * global batch / lr_base_batch
     base_lr: float = 4e-3
     lr_base_batch: int = 4096
     min_lr: float = 1e-6
@@ -73,21 +86,31 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False           # also log scalars for TensorBoard (needs `tensorboard`)
 
-    def curriculum(self) -> Curriculum:
-        """The schedule this config trains with."""
+    def curriculum(self, world: int = 1) -> Curriculum:
+        """The schedule this config trains with on ``world`` devices, each stage with its
+        per-device batch. A baseline run (``baseline``) has one full-resolution stage, so a
+        ``stage_batch`` list, written for the curriculum's stages, does not apply to it."""
         try:
             if self.baseline or self.preset == "baseline":
                 budget = (self.budget if self.preset == "baseline" else None) or self.baseline_budget or 300
-                return Curriculum.preset("baseline", budget=budget, resolution=self.resolution,
-                                         baseline_budget=budget)
-            return Curriculum.resolve(self.preset, family=self.family, budget=self.budget,
-                                      resolution=self.resolution, replay=self.replay,
-                                      baseline_budget=self.baseline_budget)
-        except ScheduleError as exc:
+                cur = Curriculum.preset("baseline", budget=budget, resolution=self.resolution, baseline_budget=budget)
+            else:
+                cur = Curriculum.resolve(self.preset, family=self.family, budget=self.budget,
+                                         resolution=self.resolution, replay=self.replay,
+                                         baseline_budget=self.baseline_budget)
+            rule = None if self.baseline and isinstance(self.stage_batch, list) else self.stage_batch
+            return resolve_stage_batches(cur, batch_size=self.batch_size, global_batch=self.global_batch, world=world,
+                                         stage_batch=rule, cap=self.stage_batch_cap)
+        except (ScheduleError, BatchError) as exc:
             raise RecipeError(str(exc)) from None
 
+    def global_batch_size(self, world: int) -> int:
+        """Images per optimiser step over ``world`` devices: ``global_batch``, else ``batch_size x world``."""
+        return global_batch_size(self.batch_size, self.global_batch, world)
+
     def learning_rate(self, world_batch: int) -> float:
-        """``lr`` if given, else ``base_lr`` scaled linearly from ``lr_base_batch`` to ``world_batch``."""
+        """``lr`` if given, else ``base_lr`` scaled linearly from ``lr_base_batch`` to ``world_batch``
+        (the global batch)."""
         return self.lr if self.lr is not None else self.base_lr * world_batch / self.lr_base_batch
 
     def drop_path_rate(self, curriculum: Curriculum) -> float:
@@ -101,8 +124,15 @@ class TrainConfig:
         """Raise :class:`RecipeError` naming the flag of the first setting that cannot be used."""
         if self.amp not in ("bf16", "fp16", "off"):
             raise RecipeError(f"--amp {self.amp!r} is unknown; use bf16, fp16 or off")
-        if self.batch_size < 1:
-            raise RecipeError(f"--batch-size {self.batch_size} must be >= 1")
+        for flag, value in (("--batch-size", self.batch_size), ("--global-batch", self.global_batch),
+                            ("stage_batch_cap", self.stage_batch_cap)):
+            if value is not None and (not _is_int(value) or value < 1):
+                raise RecipeError(f"{flag} {value!r} must be an integer >= 1")
+        if self.stage_batch is not None and self.stage_batch != AUTO and not isinstance(self.stage_batch, list):
+            raise RecipeError(f"--stage-batch {self.stage_batch!r}: use auto or a list of per-device batches, one a stage")
+        self._validate_echo()
+        if not 0.0 <= self.reprob <= 1.0:
+            raise RecipeError(f"reprob = {self.reprob} must be between 0 and 1 (the chance a sample is erased)")
         if self.val_split is not None and not 0.0 < self.val_split < 1.0:
             raise RecipeError(f"--val-split {self.val_split} must be between 0 and 1")
         if self.val_every < 1:
@@ -112,6 +142,29 @@ class TrainConfig:
                 raise RecipeError(f"{key} = {getattr(self, key)} must be >= 0")
         if self.lr is not None and self.lr <= 0:
             raise RecipeError(f"--lr {self.lr} must be > 0")
+
+    def _validate_echo(self) -> None:
+        if self.echo_kind not in ECHO_KINDS:
+            raise RecipeError(f"echo_kind = {self.echo_kind!r} is unknown; use {' or '.join(ECHO_KINDS)}")
+        echo = self.echo
+        if echo is not None and echo not in _ECHO_POLICIES and (not _is_int(echo) or echo < 1):
+            raise RecipeError(f"--echo {echo!r} is invalid; use auto, off or a whole factor N >= 1")
+        if self.echo_kind == "tensor" and echo not in (None, "off"):
+            raise RecipeError(f"--echo {echo} sets the factor of echo_kind augment, but echo_kind tensor replays at the "
+                              "schedule's factors: drop one of the two")
+        if not _is_int(self.echo_max) or self.echo_max < 1:
+            raise RecipeError(f"echo_max = {self.echo_max!r} must be an integer >= 1")
+        if self.echo_buffer_mb is not None and not self.echo_buffer_mb > 0:
+            raise RecipeError(f"echo_buffer_mb = {self.echo_buffer_mb!r} must be > 0 (megabytes)")
+
+    def loader_echo(self) -> str | int:
+        """The loader's ``echo`` argument: the factor policy (``auto``, ``off``, N) when one is
+        set, else the kind (``augment``, ``tensor``) with the schedule's replay factors."""
+        return self.echo if self.echo is not None else self.echo_kind
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -130,6 +183,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     for key, value in data.items():
         if key == "schedule":
             out.update(_schedule_section(path, value))
+        elif key == "echo" and value is False:
+            out[key] = "off"  # YAML reads a bare `off` as false
         elif key in _FIELDS:
             out[key] = value
         else:

@@ -3,6 +3,7 @@ curriculum and validation loaders over them, each rank reading its own shard."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from .curriculum import Curriculum
 from .data import DataError
-from .distributed import broadcast_from_rank0, is_rank0, world_size
+from .distributed import is_distributed, is_rank0
 from .recipe import RecipeError, TrainConfig
 
 __all__ = ["TrainData", "holdout_split", "open_train_data"]
@@ -37,20 +38,34 @@ def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.devi
     train_src, val_src = _open_splits(root, cfg)
     if is_rank0() and train_src.bad:
         print(f"etpp: {len(train_src.bad)} file(s) left out of training:\n{train_src.report_bad()}", file=sys.stderr)
-    world = world_size()
-    per_rank = cfg.batch_size // world
-    if per_rank < 1:
-        raise RecipeError(f"--batch-size {cfg.batch_size} is smaller than the {world} ranks")
-    train_loader = CurriculumLoader(train_src, curriculum, per_rank, device=str(device), num_threads=threads,
+    # batch_size is per device; a stage's own batch comes from the curriculum (Stage.batch)
+    train_loader = CurriculumLoader(train_src, curriculum, cfg.batch_size, device=str(device), num_threads=threads,
                                     seed=cfg.seed, lowpass=cfg.lowpass, channels_last=cfg.channels_last,
-                                    verbose=False)
-    val_loader = ValidationLoader(val_src, curriculum.resolution, per_rank, device=str(device),
+                                    verbose=False, **echo_options(cfg))
+    val_loader = ValidationLoader(val_src, curriculum.resolution, cfg.batch_size, device=str(device),
                                   num_threads=threads, channels_last=cfg.channels_last)
     return TrainData(root, train_loader, val_loader, len(train_src.classes))
 
 
+def echo_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The loader's echo and erasing keywords, each only where the run sets it away from the
+    loader's default (``echo="augment"`` with the schedule's factors, ``echo_max=4``, the
+    loader's buffer bound, no erasing)."""
+    options: dict[str, Any] = {}
+    if cfg.loader_echo() != "augment":
+        options["echo"] = cfg.loader_echo()
+    if cfg.echo_max != 4:
+        options["echo_max"] = cfg.echo_max
+    if cfg.echo_buffer_mb is not None:
+        options["echo_buffer_mb"] = cfg.echo_buffer_mb
+    if cfg.reprob:
+        options["reprob"] = cfg.reprob
+    return options
+
+
 def _data_root(cfg: TrainConfig) -> Path:
-    """The data set folder: ``--data``, or the demo set (written once by rank 0, then shared)."""
+    """The data set folder: ``--data``, or the demo set (written once per node by its first
+    process while the others wait, then found by every process)."""
     from .data import DemoSpec, demo_dataset
 
     if not cfg.data:
@@ -58,7 +73,11 @@ def _data_root(cfg: TrainConfig) -> Path:
     if cfg.data == "demo":
         spec = DemoSpec(classes=cfg.demo_classes, train_per_class=cfg.demo_train_per_class,
                         val_per_class=cfg.demo_val_per_class, size=cfg.demo_size)
-        return Path(broadcast_from_rank0(str(demo_dataset(spec)) if is_rank0() else None))
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            demo_dataset(spec)
+        if is_distributed():
+            torch.distributed.barrier()
+        return demo_dataset(spec)
     root = Path(cfg.data)
     if not root.exists():
         raise RecipeError(f"--data {cfg.data}: no such path; give an ImageFolder root with train/ and val/")

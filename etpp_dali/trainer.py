@@ -9,7 +9,16 @@ that survive a ``kill -9`` at any moment:
   ``stage<k>.pt`` when stage k ends, each written atomically (see :mod:`etpp_dali.checkpoint`);
 - ``metrics.jsonl`` is rewritten from the history the checkpoint holds, so a resumed run's log
   has no gap and no duplicate epoch;
-- Ctrl-C (SIGINT) or SIGTERM writes a checkpoint at the current batch and exits cleanly.
+- Ctrl-C (SIGINT) or SIGTERM writes a checkpoint at the current optimiser step and exits cleanly.
+
+Per-stage batches (:mod:`etpp_dali.batching`): a stage whose per-device batch is smaller than the
+global batch over the devices accumulates gradients over ``global_batch / (batch x world)``
+micro-batches, each loss scaled by the inverse of the micro-batches in its group, so every
+optimiser step sees the global batch and the learning rate, EMA, logs and compute fraction
+follow optimiser steps, unchanged by the split. An epoch whose micro-batches do not fill its
+last group steps on what that group holds, scaled by its own count (the mean over its images),
+so no image is dropped. A stop (Ctrl-C, SIGTERM) waits for the end of the group, so a checkpoint
+never holds half-accumulated gradients.
 
 The rooms around the loop: the settings (:mod:`etpp_dali.recipe`), the data
 (:mod:`etpp_dali.train_data`), the model and its band rules (:mod:`etpp_dali.models`), the
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import sys
 import time
@@ -30,6 +40,7 @@ from typing import Any
 
 import torch
 
+from .batching import accumulation
 from .checkpoint import checkpoint_to_resume, read_checkpoint, rng_state, seed_all, set_rng_state, write_checkpoint
 from .curriculum import Stage
 from .distributed import agree_any, is_distributed, is_rank0, threads_per_process, train_device, world_size
@@ -59,7 +70,8 @@ class Trainer:
         self.rank0, self.world = is_rank0(), world_size()
         self.device = train_device(cfg.device, cfg.amp)
         self.threads = threads_per_process(cfg.threads, self.device)
-        self.curriculum = cfg.curriculum()
+        self.curriculum = cfg.curriculum(self.world)
+        self.global_batch = cfg.global_batch_size(self.world)
         self.out = Path(cfg.output)
         self.resume_path = checkpoint_to_resume(resume, self.out)
         data = open_train_data(cfg, self.curriculum, self.device, self.threads)
@@ -67,7 +79,7 @@ class Trainer:
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
         seed_all(cfg.seed)
         model, self.memory_format = build_model(cfg, self.curriculum, self.num_classes, self.device)
-        self.optim = Optimisation(cfg, model, self.curriculum, self.num_classes, self.device)
+        self.optim = Optimisation(cfg, model, self.curriculum, self.num_classes, self.device, self.global_batch)
         self.history: list[dict[str, Any]] = []
         self.tb = self._tensorboard() if cfg.tensorboard and self.rank0 else None
         self.elapsed = 0.0
@@ -95,7 +107,7 @@ class Trainer:
                 "model": unwrap_model(self.model).state_dict(), "band": model_band(self.model),
                 **self.optim.state_dict(),
                 "loader": loader.state_dict(), "rng": rng_state(), "history": self.history,
-                "partial": partial, "elapsed": self.elapsed}
+                "partial": partial, "elapsed": self.elapsed, "global_batch": self.global_batch}
 
     def save(self, name: str, partial: dict[str, Any] | None = None) -> Path | None:
         """Write the state to ``name`` in the run folder (rank 0 only)."""
@@ -104,6 +116,10 @@ class Trainer:
     def load(self, path: Path) -> dict[str, Any] | None:
         """Restore everything from ``path``; returns the partial-epoch sums, if any."""
         ckpt = read_checkpoint(path, self.cfg.model, self.curriculum)
+        saved_batch = ckpt.get("global_batch", self.global_batch)
+        if saved_batch != self.global_batch:
+            raise RecipeError(f"--resume {path}: the run steps on a global batch of {saved_batch}, not "
+                              f"{self.global_batch}; resume with the same --global-batch, --batch-size and devices")
         if ckpt.get("band") is not None:  # the weights' band (a Swin's tables have its shapes)
             self.optim.set_band(ckpt["band"])
         try:
@@ -150,7 +166,7 @@ class Trainer:
     def _should_stop(self, step: int, steps: int) -> bool:
         """The stop flag after ``step`` of ``steps``, agreed by every rank (they must stop at the
         same step). Under DDP the vote is a collective and a host sync, so the ranks hold it every
-        SYNC_EVERY steps and at the epoch's last."""
+        SYNC_EVERY optimiser steps and at the epoch's last."""
         if is_distributed() and step % SYNC_EVERY and step < steps:
             return False
         self.stop_requested = agree_any(self.stop_requested, self.device)
@@ -183,29 +199,36 @@ class Trainer:
             self._restore_signals()
         return self.summary()
 
+    def accumulation(self, stage: Stage) -> int:
+        """Micro-batches per optimiser step in ``stage``."""
+        return accumulation(stage, self.cfg.batch_size, self.global_batch, self.world)
+
     def _train_epoch(self, epoch: int, stage: Stage, partial: dict[str, Any] | None) -> dict[str, Any]:
-        """Train data epoch ``epoch`` from the loader's position (a resumed one continues); returns
-        the epoch's running sums (loss, images, seconds, seconds waiting for data). The loss adds
-        up on the device; the host reads it for the progress bar every SYNC_EVERY steps and once at the end."""
+        """Train data epoch ``epoch`` from the loader's position (a resumed one continues, always at
+        the start of an accumulation group); returns the epoch's running sums (loss, images,
+        seconds, seconds waiting for data). The loss adds up on the device; the host reads it for
+        the progress bar every SYNC_EVERY micro-batches and once at the end."""
         loader = self.train_loader
         loader.set_epoch(epoch)
         self.optim.set_band(stage.band)
         sums = dict(partial or {"loss_sum": 0.0, "seen": 0, "time": 0.0, "wait": 0.0})
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        steps = loader.batches_in_epoch(epoch)
-        bar = self._progress_bar(epoch, steps, loader.step)
+        micro, accum = loader.batches_in_epoch(epoch), self.accumulation(stage)
+        steps = math.ceil(micro / accum)  # optimiser steps: what the LR and compute fraction count
+        bar = self._progress_bar(epoch, micro, loader.step)
         t_epoch, wait0 = time.perf_counter(), loader.wait_seconds
         for images, labels in loader:
-            self.optim.set_lr(self.curriculum.compute_fraction(epoch, loader.step - 1, steps))
-            loss_sum.add_(self.optim.step(images, labels), alpha=len(labels))
+            group, position = divmod(loader.step - 1, accum)
+            in_group = min(accum, micro - group * accum)  # the last group of an epoch may hold fewer
+            if position == 0:
+                self.optim.set_lr(self.curriculum.compute_fraction(epoch, group, steps))
+            last = position == in_group - 1
+            loss_sum.add_(self.optim.step(images, labels, micro_batches=in_group, last=last), alpha=len(labels))
             sums["seen"] += len(labels)
             bar.update(1)
             if not bar.disable and loader.step % SYNC_EVERY == 0:
-                seconds = sums["time"] + time.perf_counter() - t_epoch
-                bar.set_postfix(img_s=f"{sums['seen'] / max(1e-9, seconds):.0f}",
-                                loss=f"{(sums['loss_sum'] + float(loss_sum)) / sums['seen']:.3f}", band=stage.band,
-                                m=f"{stage.magnitude:g}", stage=stage.index, refresh=False)
-            if self._should_stop(loader.step, steps):
+                self._show_progress(bar, stage, sums, loss_sum, time.perf_counter() - t_epoch)
+            if last and self._should_stop(group + 1, steps):
                 break
         bar.close()
         sums["loss_sum"] += float(loss_sum)
@@ -214,6 +237,13 @@ class Trainer:
         sums["wait"] += loader.wait_seconds - wait0
         self.elapsed += spent
         return sums
+
+    @staticmethod
+    def _show_progress(bar: Any, stage: Stage, sums: dict[str, Any], loss_sum: torch.Tensor, seconds: float) -> None:
+        seconds += sums["time"]
+        bar.set_postfix(img_s=f"{sums['seen'] / max(1e-9, seconds):.0f}",
+                        loss=f"{(sums['loss_sum'] + float(loss_sum)) / sums['seen']:.3f}", band=stage.band,
+                        m=f"{stage.magnitude:g}", stage=stage.index, refresh=False)
 
     def _progress_bar(self, epoch: int, steps: int, initial: int) -> Any:
         from tqdm import tqdm
@@ -239,12 +269,15 @@ class Trainer:
             "images_per_s": sums["seen"] * self.world / max(1e-9, sums["time"]),
             "epoch_time": sums["time"], "data_wait": sums["wait"] / max(1e-9, sums["time"]),
             "compute_fraction": cur.compute_fraction(epoch + 1), "time": self.elapsed,
+            "batch": stage.batch or self.cfg.batch_size, "accumulation": self.accumulation(stage),
         }
         if epoch == cur.total_epochs - 1 or (epoch + 1) % self.cfg.val_every == 0:
+            t_eval = time.perf_counter()
             row.update(self._evaluate(self.model))
             if self.optim.ema is not None:
                 ema = self._evaluate(self.optim.ema.module)
                 row.update({f"ema_{k}": v for k, v in ema.items() if k != "val_images"})
+            row["eval_s"] = time.perf_counter() - t_eval  # apart from "time", which counts training only
         self.history.append(row)
         self.save("last.pt")
         if epoch + 1 == stage.end_epoch:
