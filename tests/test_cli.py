@@ -59,3 +59,27 @@ def test_demo_data_command(tmp_path):
               "--val-per-class", "1", "--size", "24")
     assert res.exit_code == 0
     assert len(list((tmp_path / "d" / "train").rglob("*.jpg"))) == 6
+
+
+def test_schedule_table_shows_each_stages_batch_and_accumulation():
+    args = ["schedule", "--resolution", "64", "--budget", "12", "--batch-size", "64", "--global-batch", "256"]
+    res = run(*args, "--stage-batch", "auto")
+    assert res.exit_code == 0 and "global batch 256 over 1 device(s)" in res.output
+    rows = [line.split() for line in res.output.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 10]
+    assert [(r[1], r[8], r[9]) for r in rows] == [("28", "256", "1")] * 2 + [("46", "64", "4")] * 4 + \
+        [("64", "64", "4")] * 4
+    doc = json.loads(run(*args, "--stage-batch", ",".join(["128"] * 2 + ["0"] * 8), "--devices", "2", "--json").output)
+    assert [(s["batch"], s["accumulation"]) for s in doc["stages"]][:3] == [(128, 1), (128, 1), (64, 2)]
+    assert doc["global_batch"] == 256 and doc["devices"] == 2
+
+
+def test_schedule_and_train_batch_flags_are_one_line_errors(tmp_path):
+    for args, needle in ((["schedule", "--batch-size", "64", "--global-batch", "256", "--stage-batch", "48" + ",0" * 9],
+                          "stage_batch[0]: a per-device batch of 48 on 1 device(s) does not divide the global batch 256"),
+                         (["schedule", "--stage-batch", "auto"], "need --batch-size"),
+                         (["schedule", "--batch-size", "64", "--stage-batch", "big"], "--stage-batch 'big'"),
+                         (["train", "--echo", "sometimes", "--output", str(tmp_path / "r")], "--echo 'sometimes'"),
+                         (["train", "--stage-batch", "1,x", "--output", str(tmp_path / "r")], "--stage-batch '1,x'")):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code != 0 and needle in res.output, res.output
+        assert res.output.strip().count("\n") == 0

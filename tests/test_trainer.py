@@ -160,8 +160,8 @@ def test_ctrl_c_mid_epoch_checkpoints_that_batch_and_resume_finishes_the_epoch(d
     assert trainer.curriculum.total_epochs >= 2 and steps > 4
     real_step = trainer.optim.step
 
-    def step_then_ctrl_c(images, labels):
-        loss = real_step(images, labels)
+    def step_then_ctrl_c(images, labels, **kwargs):
+        loss = real_step(images, labels, **kwargs)
         if trainer.train_loader.epoch == 1 and trainer.train_loader.step == 3:
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C delivers, handled by the trainer
         return loss
@@ -325,8 +325,8 @@ def test_an_epoch_reads_the_device_once_and_ranks_vote_every_sync_every_steps(de
     losses, reads, votes = [], [], []
     real_step = trainer.optim.step
 
-    def step(images, labels):
-        loss = real_step(images, labels)
+    def step(images, labels, **kwargs):
+        loss = real_step(images, labels, **kwargs)
         losses.append((loss.clone(), len(labels)))
         return loss
 
@@ -401,3 +401,31 @@ def test_a_rank_maps_onto_the_gpus_it_can_see():
     assert cuda_index_for_rank(5, 4) == 1
     with pytest.raises(RecipeError, match="CUDA_VISIBLE_DEVICES"):
         cuda_index_for_rank(0, 0)
+
+
+def test_paper_recipes_erase_and_step_on_a_global_batch_the_demo_does_not_erase():
+    rows = {p.stem: TrainConfig(**load_recipe(p)) for p in (ROOT / "pipelines").glob("*.yaml")}
+    papers = [name for name in rows if name.endswith(("_etpp", "_baseline"))]
+    assert len(papers) == 8
+    for name in papers:
+        cfg = rows[name]
+        assert cfg.reprob == 0.25 and cfg.global_batch_size(8) == cfg.batch_size * 8 == 1024, name
+        assert cfg.learning_rate(cfg.global_batch_size(1)) == pytest.approx(1e-3), name
+    assert rows["demo"].reprob == 0.0
+    resnet = rows["resnet50_etpp"].curriculum(1)
+    assert [s.batch for s in resnet.stages] == [512] * 2 + [0] * 8  # 128 x (224/B)^2 down to a divisor of 1024: 696 -> 512, 251 -> 128
+    assert all(s.batch == 0 for s in rows["resnet50_etpp"].curriculum(8).stages)  # 1024 / 8 = 128 already
+
+
+def test_the_demo_set_is_written_once_per_node_and_found_by_every_process(monkeypatch, tmp_path):
+    import etpp_dali.train_data as train_data
+
+    calls = []
+    monkeypatch.setattr("etpp_dali.data.demo_dataset", lambda spec: calls.append("write or find") or tmp_path)
+    monkeypatch.setattr(train_data, "is_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    for local_rank, expected in (("0", ["write or find", "barrier", "write or find"]), ("1", ["barrier", "write or find"])):
+        calls.clear()
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert train_data._data_root(TrainConfig(data="demo")) == tmp_path
+        assert calls == expected, local_rank
