@@ -42,21 +42,25 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="With --measure: cpu or cuda.")
 @click.option("--data", default=None, help="With --measure: the data the loader reads (default: the demo set).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="With --measure: batch per step.")
+@click.option("--baseline-budget", type=float, default=None,
+              help="Epochs of the baseline the speed-ups are against (default: the schedule's; 300 for presets).")
 def schedule(preset: str, family: str, budget: float | None, resolution: int | None, replay: bool,
              as_json: bool, plot: str | None, measure: bool, model: str | None, device: str, data: str | None,
-             batch_size: int) -> None:
+             batch_size: int, baseline_budget: float | None) -> None:
     """Print a curriculum: per stage its band, magnitude, replay and data epochs; then the totals.
     With --measure, also the wall-clock predicted from timings on this machine."""
     try:
-        cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay)
+        cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay,
+                                 baseline_budget=baseline_budget)
     except ScheduleError as exc:
         _fail(str(exc))
-    summary = cur.summary()
+    summary = cur.summary(baseline_budget)
     if measure:
         from .measure import MeasureError, measure_schedule
 
         try:
-            summary["measure"] = measure_schedule(cur, model=model, data=data, batch=batch_size, device=device)
+            summary["measure"] = measure_schedule(cur, model=model, data=data, batch=batch_size, device=device,
+                                                  baseline_budget=baseline_budget)
         except MeasureError as exc:
             _fail(str(exc))
     if plot:

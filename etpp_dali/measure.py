@@ -222,9 +222,11 @@ def _rate(table: Mapping[Any, float], key: Any, what: str) -> float:
 
 def predict_schedule_time(curriculum: Curriculum, *, train_images: int, step_rates: Mapping[tuple[int, int], float],
                           loader_rates: Mapping[int, float], batch: int, stage_batches: Sequence[int] | None = None,
-                          echo: Sequence[float] | None = None, overlap: str = "sum") -> dict[str, Any]:
+                          echo: Sequence[float] | None = None, overlap: str = "sum",
+                          baseline_budget: float | None = None) -> dict[str, Any]:
     """Per stage and in total: the predicted wall-clock, against the baseline (``baseline_budget``
-    data epochs at the full resolution, ``batch``, no echo) next to the compute ratio.
+    data epochs at the full resolution, ``batch``, no echo; default the schedule's) next to the
+    compute ratio.
 
     ``step_rates`` maps (band, batch) to img/s, ``loader_rates`` band to fresh img/s.
     ``stage_batches`` gives each stage's batch (default ``batch``); ``echo`` each stage's echo
@@ -245,14 +247,15 @@ def predict_schedule_time(curriculum: Curriculum, *, train_images: int, step_rat
                      "model_s": model_s, "loader_s": loader_s, "predicted_s": total, "loader_bound": bound,
                      "cure_echo": math.ceil(m_rate / l_rate - 1e-9) if bound else None})
     R = curriculum.resolution
-    base_images = curriculum.baseline_budget * train_images
+    base_epochs = baseline_budget or curriculum.baseline_budget
+    base_images = base_epochs * train_images
     base = _stage_seconds(base_images, step_rate=_rate(step_rates, (R, batch), "model"),
                           loader_rate=_rate(loader_rates, R, "loader"), echo=1.0, overlap=overlap)
     total = sum(r["predicted_s"] for r in rows)
     return {"overlap": overlap, "train_images": train_images, "stages": rows, "predicted_s": total,
-            "baseline": {"epochs": curriculum.baseline_budget, "band": R, "batch": batch, "images": base_images,
+            "baseline": {"epochs": base_epochs, "band": R, "batch": batch, "images": base_images,
                          "model_s": base[0], "loader_s": base[1], "predicted_s": base[2]},
-            "wall_speedup": base[2] / total if total else None, "compute_speedup": curriculum.speedup(),
+            "wall_speedup": base[2] / total if total else None, "compute_speedup": curriculum.speedup(base_epochs),
             "loader_bound_stages": [r["stage"] for r in rows if r["loader_bound"]]}
 
 
@@ -287,7 +290,7 @@ def format_prediction(prediction: Mapping[str, Any], rates: Rates | None = None)
 
 def measure_schedule(curriculum: Curriculum, *, model: str | None, data: str | Path | None = None, batch: int = 64,
                      device: str = "auto", stage_batches: Sequence[int] | None = None,
-                     echo: Sequence[float] | None = None) -> dict[str, Any]:
+                     echo: Sequence[float] | None = None, baseline_budget: float | None = None) -> dict[str, Any]:
     """``etpp schedule --measure``: time ``model`` and the loader on ``data`` (default: the demo
     set) at the schedule's bands on ``device``, and predict its wall-clock. Returns
     ``{"rates", "prediction", "text"}``."""
@@ -309,5 +312,5 @@ def measure_schedule(curriculum: Curriculum, *, model: str | None, data: str | P
         raise MeasureError(f"--data: {exc}") from None
     prediction = predict_schedule_time(curriculum, train_images=rates.train_images, step_rates=rates.step,
                                        loader_rates=rates.loader, batch=batch, stage_batches=stage_batches,
-                                       echo=echo, overlap=overlap_for(dev))
+                                       echo=echo, overlap=overlap_for(dev), baseline_budget=baseline_budget)
     return {"rates": rates.to_dict(), "prediction": prediction, "text": format_prediction(prediction, rates)}

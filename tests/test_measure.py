@@ -35,6 +35,10 @@ def test_prediction_on_a_cpu_adds_model_and_loader():
     assert p["baseline"]["predicted_s"] == pytest.approx(4000 / 100 + 4000 / 250)
     assert p["wall_speedup"] == pytest.approx(56.0 / 103.0)
     assert p["compute_speedup"] == pytest.approx(two_stages().speedup())
+    other = predict_schedule_time(two_stages(), train_images=1000, step_rates=STEP, loader_rates=LOADER, batch=50,
+                                  overlap="sum", baseline_budget=8)
+    assert other["baseline"]["predicted_s"] == pytest.approx(2 * p["baseline"]["predicted_s"])
+    assert other["compute_speedup"] == pytest.approx(2 * p["compute_speedup"])
     # the loader alone (200/s) is slower than the model alone (400/s) at 32: echo 2 cures it
     assert s0["loader_bound"] and s0["cure_echo"] == 2
     assert not s1["loader_bound"] and s1["cure_echo"] is None
@@ -104,11 +108,11 @@ def test_measure_schedule_times_every_band_and_the_baseline(demo_root):
 
 def test_schedule_measure_command(demo_root):
     args = ["schedule", "--budget", "4", "--resolution", "32", "--measure", "--model", "test_resnet",
-            "--data", str(demo_root), "--batch-size", "8", "--device", "cpu"]
+            "--data", str(demo_root), "--batch-size", "8", "--device", "cpu", "--baseline-budget", "6"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "data epochs" in res.output and "predicted wall-clock per stage" in res.output
-    assert "against" in res.output and "baseline" in res.output
+    assert "for the 6-epoch baseline at 32 px" in res.output and "of a 6-epoch baseline" in res.output
     res = CliRunner().invoke(main, args + ["--json"])
     doc = json.loads(res.output)
     assert doc["measure"]["prediction"]["wall_speedup"] > 0 and "text" not in doc["measure"]
