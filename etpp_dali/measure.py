@@ -174,7 +174,7 @@ def measure_rates(curriculum: Curriculum, *, model: str, data: str | Path, batch
         torch.set_num_threads(threads)
     source = open_source(data, "train")
     rates = Rates(dev, model, len(source))
-    batches = list(stage_batches) if stage_batches else [batch] * len(curriculum.stages)
+    batches = stage_batch_sizes(curriculum, batch, stage_batches)
     magnitude = {}
     for s, n in zip(curriculum.stages, batches):
         magnitude[s.band] = max(magnitude.get(s.band, 0.0), s.magnitude)
@@ -214,6 +214,13 @@ def seconds_per_epoch(*, train_images: int, step_rate: float, loader_rate: float
                           overlap=overlap)[2]
 
 
+def stage_batch_sizes(curriculum: Curriculum, batch: int, stage_batches: Sequence[int] | None = None) -> list[int]:
+    """Each stage's batch: ``stage_batches`` when given, else the stage's own (0: ``batch``)."""
+    if stage_batches is not None:
+        return list(stage_batches)
+    return [s.batch or batch for s in curriculum.stages]
+
+
 def _rate(table: Mapping[Any, float], key: Any, what: str) -> float:
     if key not in table:
         raise KeyError(f"no measured {what} rate for {key}; measure it first")
@@ -229,11 +236,12 @@ def predict_schedule_time(curriculum: Curriculum, *, train_images: int, step_rat
     compute ratio.
 
     ``step_rates`` maps (band, batch) to img/s, ``loader_rates`` band to fresh img/s.
-    ``stage_batches`` gives each stage's batch (default ``batch``); ``echo`` each stage's echo
-    factor (default the stage's replay factor). Loader-bound stages carry ``cure_echo``.
+    ``stage_batches`` gives each stage's batch (default: the stage's own, else ``batch``); ``echo``
+    each stage's echo factor (default the stage's replay factor). Loader-bound stages carry
+    ``cure_echo``.
     """
     n = len(curriculum.stages)
-    batches = list(stage_batches) if stage_batches is not None else [batch] * n
+    batches = stage_batch_sizes(curriculum, batch, stage_batches)
     echoes = list(echo) if echo is not None else [float(s.replay) for s in curriculum.stages]
     if len(batches) != n or len(echoes) != n:
         raise ValueError(f"stage_batches and echo need one value per stage ({n})")

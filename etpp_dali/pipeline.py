@@ -155,8 +155,7 @@ def _decoder_args(cfg: PipelineConfig) -> dict:
 def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn
 
-    from .dali_ops import lowpass, resize
-    from .randaugment import apply_randaugment
+    from .dali_ops import apply_randaugment, lowpass, resize
 
     outputs = fn.external_source(source=feed, num_outputs=12 if cfg.randaugment else 8, batch=True)
     jpegs, labels, anchor, shape, flip, band = outputs[:6]
@@ -168,7 +167,7 @@ def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     img = fn.flip(img, horizontal=flip)
     if cfg.randaugment:
         matrix, geometric, colour, value = outputs[6:10]
-        img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution), cfg.device)
+        img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution))
     img = lowpass(img, band, mode=cfg.lowpass, mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
     return img, labels, band, magnitude, tag
 

@@ -44,8 +44,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from .curriculum import BASELINE_BUDGET, MIN_BAND, Curriculum, ScheduleError, StageSpec, scale_band
+from .curriculum import BASELINE_BUDGET, Curriculum, ScheduleError, StageSpec, scale_band
 from .files import atomic_path, write_text_atomic
+from .schedule_file import MIN_BAND
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig

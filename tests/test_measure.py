@@ -63,6 +63,14 @@ def test_prediction_on_a_gpu_takes_the_longer_and_echo_and_batches_apply():
                               echo=[1])
 
 
+def test_a_stage_batch_in_the_schedule_is_the_default():
+    cur = Curriculum([StageSpec(32, 0.0, 10 / 12, batch=100), StageSpec(64, 5.0, 2 / 12)], budget=12,
+                     resolution=64, split="epochs", baseline_budget=4)
+    p = predict_schedule_time(cur, train_images=1000, step_rates=STEP, loader_rates=LOADER, batch=50)
+    assert [s["batch"] for s in p["stages"]] == [100, 50]
+    assert p["stages"][0]["model_s"] == pytest.approx(20.0)  # 10,000 images at 500/s
+
+
 def test_replay_is_the_default_echo():
     p = predict_schedule_time(two_stages(replay=2), train_images=1000, step_rates=STEP, loader_rates=LOADER,
                               batch=50)
