@@ -41,7 +41,8 @@ doc = {"benchmark": "search", "search_wall_s": round(t1 - t0, 1), "bands": searc
        "runs": runs, "searched_not_below_etpp": top1["searched"] >= top1["etpp"],
        "searched_within_1_point_of_baseline": top1["searched"] >= top1["baseline"] - 1.0}
 write_results(doc, f"{name}.json")
-table = markdown_table(runs, ["run", "schedule", "epochs", "wall_s", "top1", "relative_compute"])
+table = markdown_table([{**r, "top1": f"{r['top1']:.1f}"} for r in runs],
+                       ["run", "schedule", "epochs", "wall_s", "top1", "relative_compute"])
 text = (f"search ({name}.json): {doc['search_wall_s']:.0f} s, {doc['proxy_runs']} proxy runs, bands "
         f"{', '.join(map(str, doc['bands']))}\n\n{trials_table(search['trials'])}\n\n{table}\n\n"
         f"searched not below ET++: {doc['searched_not_below_etpp']}; within 1 point of the baseline: "

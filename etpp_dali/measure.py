@@ -94,7 +94,7 @@ def _fit_band(model: Any, band: int) -> None:
         model.set_input_size(img_size=(band, band), window_size=max(1, band // 32))
 
 
-def measure_step_rate(model: str | Any, *, band: int, batch: int, device: str = "cpu", steps: int = 5,
+def measure_step_rate(model: str | Any, *, band: int, batch: int, device: str = "cpu", steps: int = 8,
                       warmup: int = 2, num_classes: int = 1000, amp: str = "off",
                       channels_last: bool = False) -> float:
     """Images/sec of one training step (forward, backward, AdamW step) at ``band x band`` and
@@ -128,7 +128,7 @@ def measure_step_rate(model: str | Any, *, band: int, batch: int, device: str = 
 
 
 def measure_loader_rate(data: Any, *, band: int, resolution: int, batch: int, magnitude: float = 9.0,
-                        device: str = "cpu", steps: int = 10, warmup: int = 3, threads: int | None = None) -> float:
+                        device: str = "cpu", steps: int = 30, warmup: int = 3, threads: int | None = None) -> float:
     """Fresh images/sec of the curriculum loader at one band and magnitude: ``data`` is what
     :class:`~etpp_dali.loader.CurriculumLoader` takes (a path or a Source). Images over time
     of ``steps`` batches after ``warmup`` (the first builds the pipeline)."""
@@ -159,8 +159,8 @@ def _endless(loader: Any) -> Iterator[Any]:
 
 def measure_rates(curriculum: Curriculum, *, model: str, data: str | Path, batch: int, device: str = "cpu",
                   bands: Sequence[int] | None = None, stage_batches: Sequence[int] | None = None,
-                  amp: str = "off", channels_last: bool = False, steps: int = 5, warmup: int = 2,
-                  loader_steps: int = 10, threads: int | None = None) -> Rates:
+                  amp: str = "off", channels_last: bool = False, steps: int = 8, warmup: int = 2,
+                  loader_steps: int = 30, threads: int | None = None) -> Rates:
     """Time the model at every (band, batch) the schedule uses, plus the full resolution at
     ``batch`` (the baseline), and the loader at every band (at the highest magnitude the
     schedule gives that band). ``bands`` adds bands to time (the search's candidates)."""

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .curriculum import BASELINE_BUDGET, Curriculum, ScheduleError, StageSpec, scale_band
 from .files import atomic_path, write_text_atomic
-from .schedule_file import MIN_BAND
+from .schedule_file import DEFAULT_BUDGET, MIN_BAND
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
@@ -427,7 +427,7 @@ def _settings(cfg: "TrainConfig", space: SearchSpace, budget: float | None, wall
 
     doc = {"train": training_settings(cfg), "data": data_fingerprint, "space": asdict(space), "proxy_fraction": fraction,
            "budget": {"wall_clock_s": wall_clock_budget} if wall_clock_budget is not None
-           else {"epochs": budget if budget is not None else cfg.budget or 200.0},
+           else {"epochs": _compute_budget(cfg, budget)},
            "baseline_budget": cfg.baseline_budget}
     return json.loads(json.dumps(doc))
 
@@ -450,7 +450,7 @@ def _budget(cfg: "TrainConfig", space: SearchSpace, out: Path, data: Any, budget
             wall_clock_budget: float | None, log: Callable[[str], None]) -> Budget:
     baseline = cfg.baseline_budget or BASELINE_BUDGET
     if wall_clock_budget is None:
-        return ComputeBudget(budget if budget is not None else cfg.budget or 200.0, baseline_budget=baseline)
+        return ComputeBudget(_compute_budget(cfg, budget), baseline_budget=baseline)
     from .measure import overlap_for, seconds_per_epoch
 
     rates = _measured_rates(cfg, space, out, data, log)
@@ -458,6 +458,11 @@ def _budget(cfg: "TrainConfig", space: SearchSpace, out: Path, data: Any, budget
                                       loader_rate=rates.loader[b], overlap=overlap_for(rates.device))
                  for b in (*space.candidates, space.resolution)}
     return WallClockBudget(wall_clock_budget, per_epoch, baseline_budget=baseline)
+
+
+def _compute_budget(cfg: "TrainConfig", budget: float | None) -> float:
+    """--budget, else the recipe's budget, else EfficientTrain++'s E = 200."""
+    return budget if budget is not None else cfg.budget or DEFAULT_BUDGET
 
 
 def _measured_rates(cfg: "TrainConfig", space: SearchSpace, out: Path, data: Any, log: Callable[[str], None]) -> Any:

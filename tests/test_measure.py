@@ -135,3 +135,11 @@ def test_schedule_measure_bad_input(args, needle):
     res = CliRunner().invoke(main, ["schedule", "--resolution", "32", "--budget", "4", *args])
     assert res.exit_code != 0 and needle in res.output, res.output
     assert res.output.strip().count("\n") == 0
+
+
+@pytest.mark.gpu
+def test_measure_on_cuda_takes_the_longer_of_model_and_loader(demo_root):
+    cur = Curriculum.preset("etpp", budget=4, resolution=32, baseline_budget=6)
+    doc = measure_schedule(cur, model="test_resnet", data=demo_root, batch=8, device="cuda")
+    assert doc["rates"]["device"].startswith("cuda") and doc["prediction"]["overlap"] == "max"
+    assert all(r["images_per_s"] > 0 for r in doc["rates"]["step"] + doc["rates"]["loader"])
