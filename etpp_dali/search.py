@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .curriculum import BASELINE_BUDGET, Curriculum, ScheduleError, StageSpec, scale_band
-from .files import atomic_path, write_text_atomic
+from .files import write_text_atomic
 from .schedule_file import DEFAULT_BUDGET, MIN_BAND
 
 if TYPE_CHECKING:
@@ -349,11 +349,9 @@ def trials_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def plot_search(rows: Sequence[Mapping[str, Any]], path: str | Path, *, unit: str, title: str = "") -> Path:
     """Proxy top-1 of each run against the proxy cost the search had spent when it ended; the
     chosen path (the first reference, then each accepted candidate) joined and starred."""
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     runs = [r for r in rows if r["status"] == "run"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([r["cumulative_proxy_cost"] for r in runs], [r["top1"] for r in runs], "o", color="tab:gray",
@@ -370,10 +368,9 @@ def plot_search(rows: Sequence[Mapping[str, Any]], path: str | Path, *, unit: st
     ax.set_ylabel("proxy top-1 (%)")
     ax.set_title(title)
     ax.legend(loc="lower right")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    out = save_figure(fig, path)
     plt.close(fig)
-    return Path(path)
+    return out
 
 
 # ---------------------------------------------------------------------------- the command
