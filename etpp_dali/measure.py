@@ -77,21 +77,14 @@ def overlap_for(device: str) -> str:
 
 # ------------------------------------------------------------------------------- timing
 def _build_model(name: str, num_classes: int) -> Any:
-    """A timm model for timing; ViT-like models take any input size (dynamic_img_size)."""
-    import timm
+    """The model as training builds it (:func:`etpp_dali.models.create_model`), no drop path."""
+    from .models import create_model
+    from .recipe import RecipeError
 
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
-    except TypeError:  # convnets do not take dynamic_img_size
-        return timm.create_model(name, pretrained=False, num_classes=num_classes)
-    except RuntimeError as exc:  # timm's "Unknown model"
-        raise MeasureError(f"--model {name!r} is not a timm model ({exc}); see timm.list_models()") from None
-
-
-def _fit_band(model: Any, band: int) -> None:
-    """Swin windows follow the band (band / 32), as in training; other models need nothing."""
-    if type(model).__name__ == "SwinTransformer" and hasattr(model, "set_input_size"):
-        model.set_input_size(img_size=(band, band), window_size=max(1, band // 32))
+        return create_model(name, num_classes, drop_path=0.0)
+    except RecipeError as exc:
+        raise MeasureError(str(exc)) from None
 
 
 def measure_step_rate(model: str | Any, *, band: int, batch: int, device: str = "cpu", steps: int = 8,
@@ -102,11 +95,13 @@ def measure_step_rate(model: str | Any, *, band: int, batch: int, device: str = 
     ``steps`` timed steps after ``warmup`` untimed ones."""
     import torch
 
+    from .models import adapt_model_to_band
+
     dev = torch.device(device)
     net = (_build_model(model, num_classes) if isinstance(model, str) else model).to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt).train()
-    _fit_band(net, band)
+    adapt_model_to_band(net, band)  # the training rule: Swin windows follow the band
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, band, band, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch,), device=dev)
