@@ -13,6 +13,9 @@ from .bench_loaders import DEFAULT_LOADERS
 from .curriculum import FAMILIES, PRESETS, Curriculum, ScheduleError
 
 
+_MEASURE_BATCH = 64  # the batch `etpp schedule --measure` times at without --batch-size
+
+
 def _fail(message: str) -> None:
     """One clear line on stderr and exit status 2 (bad input), as click does for usage errors."""
     raise click.ClickException(message)
@@ -35,40 +38,62 @@ def main() -> None:
               help="Full resolution R; bands scale as B*R/224 (default 224, or the file's).")
 @click.option("--replay", is_flag=True, help="Turn on the reference's replay presets (etpp).")
 @click.option("--batch-size", type=int, default=None,
-              help="Per-device batch at full resolution: adds each stage's batch and accumulation to the table.")
+              help="Per-device batch at full resolution: adds each stage's batch and accumulation to the table "
+                   f"(and the batch --measure times at; default {_MEASURE_BATCH}).")
 @click.option("--global-batch", type=int, default=None, help="Images per optimiser step (default: batch x devices).")
 @click.option("--stage-batch", default=None, help="auto, or per-device batches, one a stage (0: --batch-size).")
 @click.option("--devices", type=int, default=1, show_default=True, help="Devices the global batch is spread over.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of band and magnitude against the compute fraction.")
+@click.option("--measure", is_flag=True,
+              help="Time --model and the loader at each band here; predict each stage's wall-clock.")
+@click.option("--model", default=None, help="With --measure: the timm model to time.")
+@click.option("--device", default="auto", show_default=True, help="With --measure: cpu or cuda.")
+@click.option("--data", default=None, help="With --measure: the data the loader reads (default: the demo set).")
+@click.option("--baseline-budget", type=float, default=None,
+              help="Epochs of the baseline the speed-ups are against (default: the schedule's; 300 for presets).")
 def schedule(preset: str, family: str, budget: float | None, resolution: int | None, replay: bool,
              batch_size: int | None, global_batch: int | None, stage_batch: str | None, devices: int,
-             as_json: bool, plot: str | None) -> None:
+             as_json: bool, plot: str | None, measure: bool, model: str | None, device: str, data: str | None,
+             baseline_budget: float | None) -> None:
     """Print a curriculum: per stage its band, magnitude, replay, data epochs (and with
-    --batch-size its per-device batch and gradient accumulation); then the totals."""
+    --batch-size its per-device batch and gradient accumulation); then the totals. With
+    --measure, also the wall-clock predicted from timings on this machine."""
     try:
-        cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay)
+        cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay,
+                                 baseline_budget=baseline_budget)
     except ScheduleError as exc:
         _fail(str(exc))
-    summary = cur.summary()
+    summary = cur.summary(baseline_budget)
     if batch_size is not None:
-        _add_stage_batches(summary, cur, batch_size, global_batch, stage_batch, devices)
+        cur = _add_stage_batches(summary, cur, batch_size, global_batch, stage_batch, devices)
     elif global_batch is not None or stage_batch is not None:
         _fail("--global-batch and --stage-batch need --batch-size (the per-device batch at full resolution)")
+    if measure:
+        from .measure import MeasureError, measure_schedule
+
+        try:  # each stage timed at its own batch (the schedule's, or the --stage-batch ones)
+            summary["measure"] = measure_schedule(cur, model=model, data=data, batch=batch_size or _MEASURE_BATCH,
+                                                  device=device, baseline_budget=baseline_budget)
+        except MeasureError as exc:
+            _fail(str(exc))
     if plot:
         from .plots import plot_schedule
 
         summary["plot"] = str(plot_schedule(cur, plot))
     if as_json:
+        if measure:
+            summary["measure"].pop("text")
         click.echo(json.dumps(summary, indent=2))
         return
     _print_schedule(cur, summary)
 
 
 def _add_stage_batches(summary: dict, cur: Curriculum, batch_size: int, global_batch: int | None,
-                       stage_batch: str | None, devices: int) -> None:
-    """Resolve the stages' batches as a run would and add them (and the accumulation) to the rows."""
+                       stage_batch: str | None, devices: int) -> Curriculum:
+    """Resolve the stages' batches as a run would, add them (and the accumulation) to the rows,
+    and return the schedule with them."""
     from .batching import BatchError, global_batch_size, resolve_stage_batches, stage_batch_rows
 
     for flag, value in (("--batch-size", batch_size), ("--global-batch", global_batch), ("--devices", devices)):
@@ -84,9 +109,11 @@ def _add_stage_batches(summary: dict, cur: Curriculum, batch_size: int, global_b
     for row, extra in zip(summary["stages"], stage_batch_rows(resolved, batch_size, total, devices)):
         row.update(extra)
     summary.update(batch_size=batch_size, global_batch=total, devices=devices)
+    return resolved
 
 
 def _print_schedule(cur: Curriculum, summary: dict) -> None:
+    """The table ``etpp schedule`` prints (and the --measure report under it)."""
     batches = "global_batch" in summary
     click.echo(f"{cur.name}: budget E = {cur.budget:g} ({'full-resolution epochs of compute' if cur.split == 'compute' else 'data epochs'}), "
                f"R = {cur.resolution}, cost ~ (B/R)^{cur.alpha:g}")
@@ -108,6 +135,9 @@ def _print_schedule(cur: Curriculum, summary: dict) -> None:
                f"baseline, speed-up {summary['speedup']:.2f}x")
     if "plot" in summary:
         click.echo(f"plot written to {summary['plot']}")
+    if "measure" in summary:
+        click.echo("")
+        click.echo(summary["measure"]["text"])
 
 
 @main.command("demo-data")
@@ -527,6 +557,73 @@ def _train_table(doc: dict) -> str:
     return (f"{table}\n\nwall-clock speed-up {doc['wall_speedup']}x, compute {doc['compute_speedup']}x, time to the "
             f"baseline's final top-1 ({doc['baseline_final_top1']}) {doc['time_to_accuracy_speedup']}x\n"
             f"per stage: images/sec and the loader's share of the step time (waiting for data)\n{stages}")
+
+
+_SEARCH_FLAGS = ("data", "val_split", "model", "resolution", "baseline_budget", "batch_size", "device", "seed",
+                 "threads")
+
+
+@main.command()
+@click.option("--recipe", default=None, help="Recipe for the training settings (default: the demo recipe, "
+              "or TrainConfig's defaults with --data).")
+@click.option("--model", default=None, help="Any timm model name.")
+@click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the demo set).")
+@click.option("--val-split", type=float, default=None, help="Hold out this fraction of train when there is no val/.")
+@click.option("--budget", type=float, default=None, help="Budget E in full-resolution epochs of compute "
+              "(default: the recipe's, else 200).")
+@click.option("--wall-clock-budget", type=float, default=None,
+              help="Budget in seconds on this machine instead (uses the per-band times measured here).")
+@click.option("--resolution", type=int, default=None, help="Full resolution R.")
+@click.option("--baseline-budget", type=float, default=None, help="Epochs of the baseline (for the speed-ups).")
+@click.option("--stages", type=int, default=10, show_default=True)
+@click.option("--candidates", default=None, help="Bands to try, in pixels at R (default: 96,128,160,192,224 "
+              "scaled to R).")
+@click.option("--proxy-fraction", type=float, default=0.5, show_default=True,
+              help="Share of the training set (and so of each run's cost) the proxy trains on.")
+@click.option("--tolerance", type=float, default=0.5, show_default=True,
+              help="Points of proxy top-1 a smaller band may lose against full resolution.")
+@click.option("--batch-size", type=int, default=None, help="Global batch size per step.")
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=None)
+@click.option("--threads", type=int, default=None, help="Data and torch threads.")
+@click.option("--output", default="runs/search", show_default=True,
+              help="Folder for the schedule, the trials and the cached proxy runs (rerun to resume).")
+@click.option("--dry-run", is_flag=True, help="Print the proxy cost and stop.")
+def search(recipe, budget, wall_clock_budget, stages, candidates, proxy_fraction, tolerance, output, dry_run,
+           **flags) -> None:
+    """Search the bands of a schedule stage by stage with short proxy trainings; write a schedule
+    file that `etpp train --preset FILE` takes."""
+    from .proxy import SearchInterrupted
+    from .search import SearchError, SearchSpace, run_search
+    from .trainer import RecipeError, TrainConfig, load_recipe
+
+    try:
+        values = load_recipe(find_recipe(recipe or "demo")) if (recipe or not flags.get("data")) else {}
+        values.update({k: v for k, v in flags.items() if v is not None})
+        cfg = TrainConfig(**values)
+        cfg.validate()
+        space = SearchSpace.create(resolution=cfg.resolution, stages=stages, tolerance=tolerance,
+                                   candidates=_int_list(candidates, "--candidates") if candidates else None)
+        train_args = (["--recipe", recipe] if recipe else []) + [
+            f"--{k.replace('_', '-')} {flags[k]}" for k in _SEARCH_FLAGS if flags.get(k) is not None]
+        result = run_search(cfg, space, output=output, budget=budget, wall_clock_budget=wall_clock_budget,
+                            proxy_fraction=proxy_fraction, dry_run=dry_run, train_args=train_args, log=click.echo)
+    except (SearchError, RecipeError, ScheduleError) as exc:
+        _fail(str(exc))
+    except SearchInterrupted as exc:
+        click.echo(f"etpp: {exc}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("etpp: interrupted; run the same command again to resume the search", err=True)
+        sys.exit(130)
+    if result.get("dry_run"):
+        return
+    click.echo("")
+    click.echo(result["table"])
+    click.echo(f"\nchosen bands {', '.join(map(str, result['bands']))}: proxy top-1 {result['top1']:.2f}% "
+               f"(all at full resolution {result['reference_top1']:.2f}%)")
+    click.echo(f"schedule: {result['schedule_file']}; trials: {result['trials_file']}; plot: {result['plot']}")
+    click.echo(f"train it: {result['command']}")
 
 
 if __name__ == "__main__":  # pragma: no cover
