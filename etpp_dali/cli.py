@@ -322,7 +322,8 @@ def _print_summary(s: dict) -> None:
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
     click.echo("")
-    click.echo(markdown_table(s["stages"], ["stage", "band", "magnitude", "epochs", "done", "wall_s", "images_per_s"]))
+    click.echo(markdown_table(s["stages"], ["stage", "band", "magnitude", "batch", "accumulation", "epochs", "done", "wall_s",
+                                           "images_per_s"]))
     top = f"top-1 {s['top1']:.1f}%, top-5 {s['top5']:.1f}%" if s.get("top1") is not None else "not evaluated"
     if s.get("ema_top1") is not None:
         top += f" (EMA top-1 {s['ema_top1']:.1f}%)"

@@ -1,5 +1,6 @@
-"""``summary.json`` of a run: per stage its wall-clock, images/sec and loader stall; the final
-accuracy; compute and wall-clock against the full-resolution baseline."""
+"""``summary.json`` of a run: per stage its per-device batch and accumulation, wall-clock,
+images/sec and loader stall; the final accuracy; compute and wall-clock against the
+full-resolution baseline."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ def stage_rows(history: Sequence[dict[str, Any]], curriculum: Curriculum) -> lis
         t = sum(r["epoch_time"] for r in done)
         n = sum(r["images"] for r in done)
         wait = sum(r["data_wait"] * r["epoch_time"] for r in done)  # data_wait: a fraction of the epoch
+        first = done[0] if done else {}
         rows.append({"stage": s.index, "band": s.band, "magnitude": s.magnitude, "epochs": s.epochs,
-                     "done": len(done), "wall_s": round(t, 1), "images_per_s": round(n / t, 1) if t else None,
+                     "batch": first.get("batch"), "accumulation": first.get("accumulation"), "done": len(done),
+                     "wall_s": round(t, 1), "images_per_s": round(n / t, 1) if t else None,
                      "stall_fraction": round(wait / t, 3) if t else None})
     return rows
 

@@ -202,3 +202,74 @@ def test_history_rows_carry_batch_accumulation_and_eval_time(demo_root, tmp_path
     assert rows == json.loads(json.dumps(log))
     assert [("eval_s" in r, "top1" in r) for r in rows] == [(False, False), (True, True)] * 2
     assert all(r["eval_s"] > 0 for r in rows if "eval_s" in r)
+
+
+def resnet_run(demo_root, tmp_path, name, **over):
+    """timm's test_resnet on the small demo set (96 train images) through the real loader."""
+    values = dict(data=str(demo_root), model="test_resnet", preset=str(two_stage_file(tmp_path)), resolution=64,
+                  batch_size=32, lr=2e-3, warmup_epochs=0.5, progress=False, threads=2, val_every=2,
+                  output=str(tmp_path / name))
+    values.update(over)
+    return TrainConfig(**values)
+
+
+def test_the_loader_serves_each_stage_its_batch_and_the_steps_follow_the_global_batch(demo_root, tmp_path):
+    from etpp_dali.trainer import Trainer
+
+    steps = {}
+    for name, over in (("whole", {}), ("split", {"stage_batch": [0, 16]})):
+        trainer = Trainer(resnet_run(demo_root, tmp_path, name, **over))
+        loader, sizes, pending = trainer.train_loader, [], []
+        real_step = trainer.optim.step
+
+        def step(images, labels, _real=real_step, **kwargs):
+            pending.append(len(labels))
+            if kwargs.get("last", True):
+                sizes.append((loader.epoch, sum(pending)))
+                pending.clear()
+            return _real(images, labels, **kwargs)
+
+        trainer.optim.step = step
+        assert [loader.batches_in_epoch(e) for e in range(4)] == ([3] * 4 if name == "whole" else [3, 3, 6, 6])
+        try:
+            trainer.run()
+        finally:
+            trainer.close()
+        steps[name] = sizes
+    assert steps["split"] == steps["whole"] == [(e, 32) for e in range(4) for _ in range(3)]
+
+
+def test_a_run_stopped_in_either_stage_resumes_to_the_uninterrupted_result(demo_root, tmp_path):
+    """Ctrl-C in stage 0 (batch 32) and again mid-group in stage 1 (16 x 2): each checkpoint
+    lands at the end of an accumulation group, and the resumed run ends with the weights and
+    log of a run never stopped."""
+    import signal
+
+    from etpp_dali.trainer import Trainer, train
+
+    train(resnet_run(demo_root, tmp_path, "straight", stage_batch=[0, 16]))
+    cfg = resnet_run(demo_root, tmp_path, "stopped", stage_batch=[0, 16])
+    for resume, stop_at, saved_at in ((None, (1, 2), (1, 2)), (True, (3, 3), (3, 4))):
+        trainer = Trainer(cfg, resume=resume)
+        real_step = trainer.optim.step
+
+        def ctrl_c_at(images, labels, _real=real_step, _loader=trainer.train_loader, _at=stop_at, **kwargs):
+            if (_loader.epoch, _loader.step) == _at:  # the signal lands before this micro-batch's step
+                signal.raise_signal(signal.SIGINT)
+            return _real(images, labels, **kwargs)
+
+        trainer.optim.step = ctrl_c_at
+        try:
+            assert trainer.run()["interrupted"]
+        finally:
+            trainer.close()
+        ckpt = torch.load(Path(cfg.output) / "last.pt", weights_only=True)
+        assert (ckpt["loader"]["epoch"], ckpt["loader"]["step"]) == saved_at
+    train(cfg, resume=True)
+    straight, stopped = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "stopped"))
+    for key, value in straight["model"].items():
+        assert torch.allclose(stopped["model"][key].float(), value.float(), rtol=1e-5, atol=1e-6), key
+    for a, b in zip(straight["history"], stopped["history"]):
+        assert (a["epoch"], a["images"], a["batch"], a["accumulation"]) == (b["epoch"], b["images"], b["batch"],
+                                                                            b["accumulation"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a.get("top1") == b.get("top1")
