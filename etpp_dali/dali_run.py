@@ -3,9 +3,10 @@ torch tensors, and go on when the decoder fails on a file.
 
 A file can pass the up-front check (header, end-of-file marker, PNG checksums) and still make
 the decoder fail. DALI then fails the whole run and names the sample's place in its batch
-("Failed to decode sample #k"). The runner asks its owner which source images sat at that place
-in the batches in flight, decodes those with PIL to find the culprit (else takes the first),
-reports it once, lets the owner leave it out, and rebuilds the pipeline at the owner's position.
+("Failed to decode sample #k"). The runner asks its feed which source images sat at that place in
+the batches in flight, decodes those with PIL to find the culprit (else takes the first),
+reports it once, has the feed's plan leave it out, and rebuilds the pipeline at the first batch
+the loader has not taken.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .data import DataError, inspect_image
+from .plans import Feed
 from .sources import Source
 
 __all__ = ["PipelineRunner", "to_torch"]
@@ -56,39 +58,37 @@ def pick_culprit(source: Source, candidates: Sequence[int]) -> tuple[int, str]:
 
 
 class PipelineRunner:
-    """One loader's pipeline: defined by ``define()`` and built on the first :meth:`run` after
-    :meth:`close` (so the owner rebuilds it by closing it), outputs returned as ``{name: tensor}``.
+    """One loader's pipeline over a :class:`~etpp_dali.plans.Feed`: defined by ``define(feed)``
+    and built on the first :meth:`run` after :meth:`start`, outputs returned as ``{name: tensor}``.
 
-    On a decode failure at place k, ``suspects(k)`` gives the source indices at place k of the
-    batches in flight; the culprit is reported, ``leave_out(index, reason)`` tells the owner, and
-    the pipeline is rebuilt where the owner now stands. Any other pipeline error is raised.
+    On a decode failure, the feed names the source images at the failed place of the batches in
+    flight; the culprit is reported once, the feed's plan leaves it out, and a new pipeline
+    starts at the first batch the loader has not taken. Any other pipeline error is raised.
+    Holds no reference to its loader, so a dropped loader frees its pipeline at once (never later,
+    from the garbage collector, wherever the program then is).
     """
 
-    def __init__(self, source: Source, names: Sequence[str], define: Callable[[], Any],
-                 suspects: Callable[[int], list[int]], leave_out: Callable[[int, str], None]) -> None:
-        self.source = source
+    def __init__(self, names: Sequence[str], define: Callable[[Feed], Any]) -> None:
         self.names = tuple(names)
-        self._define, self._suspects, self._leave_out = define, suspects, leave_out
+        self._define = define
         self._pipe: Any = None
-        self._ended = False  # the last run met the end of the data: reset() can start it again
+        self.feed: Feed | None = None
         self.builds = 0
 
-    @property
-    def built(self) -> bool:
-        return self._pipe is not None
+    def start(self, feed: Feed) -> None:
+        """Drop the current pipeline; the next :meth:`run` builds one that pulls from ``feed``."""
+        self.close()
+        self.feed = feed
 
     def run(self) -> dict[str, torch.Tensor]:
-        """The next batch's outputs by name; ``StopIteration`` at the end of the data."""
+        """The next batch's outputs by name; ``StopIteration`` at the end of the feed's data."""
         while True:
             if self._pipe is None:
-                self._pipe = self._define()
+                self._pipe = self._define(self.feed)
                 self._pipe.build()
                 self.builds += 1
             try:
                 outputs = self._pipe.run()
-            except StopIteration:
-                self._ended = True
-                raise
             except RuntimeError as exc:
                 self._recover(exc)
                 continue
@@ -97,32 +97,17 @@ class PipelineRunner:
 
     def _recover(self, exc: RuntimeError) -> None:
         k = failed_sample(exc)
-        candidates = self._suspects(k) if k is not None else []
+        candidates = self.feed.in_flight(k) if k is not None else []
         if not candidates:
             raise exc
-        bad, reason = pick_culprit(self.source, candidates)
-        print(f"etpp: left out {self.source.records[bad].path}: {reason} (run `etpp check-data --deep`)",
+        source = self.feed.plan.source
+        bad, reason = pick_culprit(source, candidates)
+        print(f"etpp: left out {source.records[bad].path}: {reason} (run `etpp check-data --deep`)",
               file=sys.stderr)
-        self.close()
-        self._leave_out(bad, reason)
-
-    def finish(self) -> None:
-        """Run to the end of the data (all batches consumed), so :meth:`rewind` can reset."""
-        try:
-            self.run()
-        except StopIteration:
-            return
-        raise RuntimeError("the pipeline has more batches than its owner planned")
-
-    def rewind(self) -> None:
-        """Start the data again: a reset of a pipeline that met its end, else a rebuild."""
-        if self._pipe is not None and self._ended:
-            self._pipe.reset()
-        else:
-            self.close()
-        self._ended = False
+        self.feed.plan.leave_out(bad, reason)
+        self.start(self.feed.restart())
 
     def close(self) -> None:
-        """Release the pipeline (its threads and buffers); the next :meth:`run` builds a new one."""
+        """Release the pipeline (its threads and buffers) and its feed."""
         self._pipe = None
-        self._ended = False
+        self.feed = None

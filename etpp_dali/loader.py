@@ -15,7 +15,7 @@ at the stage's magnitude), in the order the batches will be consumed. Prefetched
 next epoch already carry that epoch's settings, so ``set_epoch`` never lags, and nothing is
 rebuilt at a stage change (the cost of a change is one batch of new shapes). A pipeline is
 rebuilt only when a run jumps (a ``set_epoch`` out of order, or ``load_state_dict``): about a
-second. Which images make which batch: :mod:`etpp_dali.train_plan`.
+second. Which images make which batch: :mod:`etpp_dali.plans`.
 
 Replay (EfficientTrain++): in a stage with replay factor r, DALI decodes ``batch_size // r``
 fresh images per step; the rest of the batch is drawn uniformly, with replacement, from a FIFO
@@ -26,7 +26,7 @@ gives such a stage r times fewer data epochs, so it keeps its steps and compute
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 import time
 from pathlib import Path
@@ -38,11 +38,10 @@ import torch
 from .curriculum import Curriculum, ScheduleError
 from .dali_run import PipelineRunner
 from .parallel import usable_cores
-from .pipeline import (TRAIN_OUTPUTS, VAL_OUTPUTS, PipelineConfig, define_train_pipeline, define_val_pipeline,
-                       make_val_batch)
+from .pipeline import TRAIN_OUTPUTS, VAL_OUTPUTS, PipelineConfig, define_train_pipeline, define_val_pipeline
+from .plans import Feed, TrainPlan, ValPlan
 from .replay import ReplayBuffer
 from .sources import Source, open_source, report_left_out
-from .train_plan import TrainFeed, TrainPlan
 
 __all__ = ["CurriculumLoader", "ValidationLoader", "resolve_device", "distributed_shard"]
 
@@ -155,8 +154,7 @@ class CurriculumLoader:
         self.replay_capacity = replay_buffer
         self.epoch, self.step = 0, 0
         self._resumed = False
-        self._feed: TrainFeed | None = None
-        self._runner = PipelineRunner(self.source, TRAIN_OUTPUTS, self._define, self._suspects, self._leave_out)
+        self._runner = PipelineRunner(TRAIN_OUTPUTS, functools.partial(define_train_pipeline, self.cfg))
         self._buffer: ReplayBuffer | None = None
         self._buffer_stage = -1
         self.batch_meta: dict[str, Any] = {}
@@ -217,14 +215,15 @@ class CurriculumLoader:
         self._resumed = False
         epoch = self.epoch
         stage = self.curriculum.stage_at(epoch)
-        if self._runner.built and self._feed.next_batch() != (epoch, self.step):
-            self._runner.close()  # the run jumped: a new pipeline starts where it now stands
+        feed = self._runner.feed
+        if feed is None or feed.next_batch() != (epoch, self.step):  # a start, or the run jumped
+            self._runner.start(Feed(self.plan, (epoch, self.step)))
         replay = self._replay_buffer(stage)
         gen = torch.Generator().manual_seed(hash((self.seed, epoch, self.shard_id)) % 2**63)
         while self.epoch == epoch and self.step < self.batches_in_epoch(epoch):
             t0 = time.perf_counter()
             out = self._runner.run()
-            produced = self._feed.produced.popleft()
+            produced = self._runner.feed.take()
             tag = tuple(out["tag"][0].tolist())
             if tag != (epoch, self.step) or produced != (epoch, self.step):
                 raise RuntimeError(f"loader out of step: got batch {tag} for ({epoch}, {self.step})")
@@ -245,22 +244,6 @@ class CurriculumLoader:
             capacity = self.replay_capacity or stage.buffer or 8 * self.batch_size
             self._buffer, self._buffer_stage = ReplayBuffer(capacity), stage.index
         return self._buffer
-
-    # ------------------------------------------------------------------- pipeline runner
-    def _define(self) -> Any:
-        """A pipeline whose first batch is the loader's next one, (epoch, step)."""
-        self._feed = TrainFeed(self.plan, (self.epoch, self.step))
-        return define_train_pipeline(self.cfg, self._feed)
-
-    def _suspects(self, place: int) -> list[int]:
-        """The source indices at ``place`` of the batches DALI holds (fed, not yet handed out)."""
-        batches = (self.plan.batch_indices(epoch, step) for epoch, step in self._feed.produced)
-        return [int(b[place]) for b in batches if place < len(b)]
-
-    def _leave_out(self, index: int, reason: str) -> None:
-        """A file passed the up-front check but the decoder failed on it: left out for the rest
-        of the run (kept in the state, so a resume leaves it out too)."""
-        self.plan.excluded[index] = reason
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -290,14 +273,8 @@ class CurriculumLoader:
         self._resumed = True
 
     def close(self) -> None:
-        """Release the pipeline (its threads and buffers)."""
+        """Release the pipeline (its threads and buffers); the next iteration builds a new one."""
         self._runner.close()
-        self._feed = None
-
-    def __del__(self) -> None:
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.close()
 
 
 class ValidationLoader:
@@ -319,49 +296,26 @@ class ValidationLoader:
         self.source = _open(data, "val", classes, verbose)
         self.shard_id, self.num_shards = distributed_shard(shard_id, num_shards)
         everything = np.arange(len(self.source)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.indices = np.array_split(everything, self.num_shards)[self.shard_id]
         self.cfg = _pipeline_config(self.device, num_threads, interpolation, resolution=resolution,
                                     batch_size=batch_size)
+        self.plan = ValPlan(self.source, np.array_split(everything, self.num_shards)[self.shard_id], batch_size,
+                            self.cfg)
         self.batch_size = batch_size
         self.channels_last, self.dtype = channels_last, dtype
-        self._labels, self._sizes = self.source.labels, self.source.sizes
-        self._next = 0  # the batch the loop hands out next
-        self._batches: Iterator[tuple] | None = None
-        self._runner = PipelineRunner(self.source, VAL_OUTPUTS, self._define, self._suspects, self._leave_out)
+        self._runner = PipelineRunner(VAL_OUTPUTS, functools.partial(define_val_pipeline, self.cfg))
+
+    @property
+    def indices(self) -> np.ndarray:
+        """This rank's source indices, in order (less any file the decoder failed on)."""
+        return self.plan.indices
 
     def __len__(self) -> int:
-        return math.ceil(len(self.indices) / self.batch_size)
-
-    def _batch(self, s: int) -> np.ndarray:
-        return self.indices[s * self.batch_size:(s + 1) * self.batch_size]
-
-    def _plan(self, start: int) -> Iterator[tuple]:
-        for s in range(start, len(self)):
-            idx = self._batch(s)
-            yield make_val_batch([self.source.read(int(i)) for i in idx], self._labels[idx], self._sizes[idx],
-                                 self.cfg).as_feed()
-
-    def _feed(self) -> tuple:
-        return next(self._batches)
+        return len(self.plan)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._next = 0
-        self._batches = self._plan(0)
-        self._runner.rewind()
-        while self._next < len(self):
+        self._runner.start(Feed(self.plan, 0))
+        while self._runner.feed.next_batch() < len(self):
             out = self._runner.run()
-            self._next += 1
+            self._runner.feed.take()
             yield _format(out["images"], self.channels_last, self.dtype), out["labels"].to(self.device,
                                                                                              non_blocking=True)
-        self._runner.finish()  # the pipeline meets the end of the data, so the next pass can reset it
-
-    def _define(self) -> Any:
-        self._batches = self._plan(self._next)
-        return define_val_pipeline(self.cfg, self._feed)
-
-    def _suspects(self, place: int) -> list[int]:
-        in_flight = (self._batch(s) for s in range(self._next, self._next + self.cfg.prefetch + 1))
-        return [int(b[place]) for b in in_flight if place < len(b)]
-
-    def _leave_out(self, index: int, reason: str) -> None:
-        self.indices = self.indices[self.indices != index]  # later batches shift by one image

@@ -34,20 +34,22 @@ def test_follows_the_schedule_without_lag_or_rebuild(demo_root):
     cur = Curriculum([StageSpec(16, 0.0, 0.25), StageSpec(20, 3.0, 0.25), StageSpec(28, 6.0, 0.25),
                       StageSpec(32, 9.0, 0.25)], budget=4, resolution=32, split="epochs")
     loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", prefetch=3)
-    seen = []
+    seen = []  # per batch, from the pipeline's outputs: (epoch, step) of its tag, band of its images
     for epoch in range(cur.total_epochs):
         loader.set_epoch(epoch)
         stage = cur.stage_at(epoch)
         assert (loader.band, loader.magnitude, loader.stage.index) == (stage.band, stage.magnitude, stage.index)
-        count = 0
+        labels = []
         for x, y in loader:
-            meta = loader.batch_meta  # read back from the pipeline's own outputs
-            assert (meta["epoch"], meta["band"], meta["magnitude"]) == (epoch, stage.band, stage.magnitude)
-            assert x.shape == (16, 3, stage.band, stage.band) and x.dtype == torch.float32
-            assert y.dtype == torch.int64 and len(y) == 16
-            count += 1
-        assert count == len(loader) == 6  # 96 images / 16
-        seen.append(epoch)
+            meta = loader.batch_meta
+            seen.append((meta["epoch"], meta["step"], x.shape[-1]))
+            assert x.shape == (16, 3, meta["band"], meta["band"]) and x.dtype == torch.float32
+            assert y.dtype == torch.int64
+            labels.append(y)
+        assert len(loader) == 6  # 96 images / 16
+        assert np.array_equal(np.bincount(torch.cat(labels).numpy()), [24] * 4)  # every image once
+    # every batch in consumption order, at its own epoch's band: nothing lags behind a stage change
+    assert seen == [(e, s, cur.stage_at(e).band) for e in range(cur.total_epochs) for s in range(6)]
     assert loader.rebuilds == 1  # band and magnitude changed without a rebuild
     assert abs(float(x.mean())) < 3 and float(x.std()) > 0.1  # normalised
 
@@ -135,11 +137,21 @@ def test_replay_stage_mixes_fresh_and_buffered_samples(unique_list):
 
 def test_options_channels_last_dtype_and_resize_mode(demo_root):
     cur = small_schedule()
-    loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", channels_last=True,
-                              dtype=torch.bfloat16, lowpass="resize", randaugment=False)
-    loader.set_epoch(0)
-    x, _ = next(iter(loader))
+
+    def first_batch(**options):
+        loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", randaugment=False, **options)
+        loader.set_epoch(0)
+        return next(iter(loader))[0]
+
+    x = first_batch(channels_last=True, dtype=torch.bfloat16, lowpass="resize")
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    exact, approx = first_batch(lowpass="fourier"), first_batch(lowpass="resize")
+    band = cur.stage_at(0).band
+    assert exact.shape == approx.shape == (16, 3, band, band)
+    # the same windows and flips, low-passed two ways: close, but not the same pixels
+    assert not torch.allclose(exact, approx, atol=0.05)
+    assert float((exact - approx).abs().mean()) < 0.5 * float(exact.std())
+    assert torch.allclose(approx, x.float(), atol=0.05)  # bfloat16 rounding only
 
 
 def test_bad_files_are_reported_once_and_skipped(hymenoptera, capfd):
