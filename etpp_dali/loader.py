@@ -14,8 +14,8 @@ together with its band and random draws (``fn.external_source``; the RandAugment
 at the stage's magnitude), in the order the batches will be consumed. Prefetched batches of the
 next epoch already carry that epoch's settings, so ``set_epoch`` never lags, and nothing is
 rebuilt at a stage change (the cost of a change is one batch of new shapes). A pipeline is
-rebuilt only when a run jumps (a ``set_epoch`` out of order, or ``load_state_dict``): about a
-second. Which images make which batch: :mod:`etpp_dali.plans`.
+rebuilt only when a run jumps (a ``set_epoch`` out of order, or ``load_state_dict``): well under
+a second. Which images make which batch: :mod:`etpp_dali.plans`.
 
 Replay (EfficientTrain++): in a stage with replay factor r, DALI decodes ``batch_size // r``
 fresh images per step; the rest of the batch is drawn uniformly, with replacement, from a FIFO
@@ -168,19 +168,18 @@ class CurriculumLoader:
 
     @property
     def band(self) -> int:
+        """The side of the current stage's inputs: images come out band x band."""
         return self.stage.band
 
     @property
     def magnitude(self) -> float:
+        """The current stage's RandAugment magnitude m."""
         return self.stage.magnitude
 
     @property
     def replay(self) -> int:
+        """The current stage's replay factor r (1: every sample fresh)."""
         return self.stage.replay
-
-    @property
-    def shard_len(self) -> int:
-        return self.plan.shard_len
 
     @property
     def excluded(self) -> dict[int, str]:

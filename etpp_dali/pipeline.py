@@ -8,9 +8,9 @@ low-frequency crop to the stage's band with the normalisation fused: N x C x B x
 Everything random is drawn on the Python side, per batch, from a generator seeded by
 (seed, epoch, batch, rank), and fed through ``fn.external_source`` together with the encoded
 bytes: the crop windows (timm's RandomResizedCrop: scale 0.08-1, ratio 3/4-4/3, 10 attempts,
-then a centre crop), the flips, the RandAugment draws, the band and the magnitude. So band and
-magnitude change per iteration without a rebuild, every batch carries the settings it was made
-with (no prefetch lag), and a resumed run draws the same numbers.
+then a centre crop), the flips, the RandAugment draws (made at the stage's magnitude) and the
+band. So band and magnitude change per iteration without a rebuild, every batch carries the
+settings it was made with (no prefetch lag), and a resumed run draws the same numbers.
 
 The external source's fields and the graph's outputs are named once (``TrainBatch.FEED``,
 ``TRAIN_OUTPUTS``, ...) and bound by name on both sides.

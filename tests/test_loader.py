@@ -253,3 +253,84 @@ def test_loader_reads_webdataset_shards_and_file_lists(demo_root, tmp_path, uniq
         got = [(x.shape, y) for x, y in loader]
         band = cur.stage_at(0).band
         assert sum(len(y) for _, y in got) == n and got[0][0] == (8, 3, band, band)
+
+
+def test_validation_takes_torchvisions_pixels(tmp_path):
+    """timm's evaluation transform to the pixel: torchvision's Resize(floor(R / 0.875), bicubic,
+    antialias) and CenterCrop(R), on sizes where DALI's own rules differ (a longer side that
+    DALI's resize_shorter would round up, crop offsets it would round half up)."""
+    from PIL import Image
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    from etpp_dali.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "val" / "a"
+    folder.mkdir(parents=True)
+    images = []
+    for i, (h, w) in enumerate([(74, 93), (93, 74), (60, 83), (80, 80), (375, 500)]):
+        smooth = np.kron(rng.integers(0, 255, (h // 4 + 1, w // 4 + 1, 3)), np.ones((4, 4, 1)))[:h, :w]
+        Image.fromarray(smooth.astype(np.uint8)).save(folder / f"{i}.png")  # lossless: one decoding
+        images.append(torch.from_numpy(smooth.astype(np.uint8)).permute(2, 0, 1).contiguous())
+    val = ValidationLoader(tmp_path, 64, 5, device="cpu")
+    (x, _), = list(val)
+    mean, std = torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1), torch.tensor(IMAGENET_STD_255).view(3, 1, 1)
+    for got, image in zip(x, images):
+        resized = F.resize(image, 73, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        expected = (F.center_crop(resized, [64, 64]).float() - mean) / std
+        assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_device_id_selects_the_gpu(demo_root, monkeypatch):
+    from etpp_dali.loader import resolve_device
+    from etpp_dali.pipeline import define_train_pipeline
+
+    with pytest.raises(ValueError, match="device_id = 0 selects a GPU, but device = 'cpu'"):
+        resolve_device("cpu", 0)
+    with pytest.raises(ValueError, match="'tpu' is unknown"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto", 1) == "cpu"  # no GPU: auto is the CPU, device_id unused
+        with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+            resolve_device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # two GPUs, as far as the loaders see
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda", 1) == resolve_device("auto", 1) == resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cuda:1", 1) == "cuda:1" and resolve_device("cuda") == "cuda"
+    with pytest.raises(ValueError, match="name different GPUs"):
+        resolve_device("cuda:1", 0)
+    with pytest.raises(ValueError, match="CUDA device 2 is not visible"):
+        resolve_device("cuda", 2)
+    cur = small_schedule()
+    for loader in (CurriculumLoader(demo_root, cur, 8, device="cuda", device_id=1, verbose=False),
+                   ValidationLoader(demo_root, 32, 8, device="cuda:1", verbose=False)):
+        assert loader.device == torch.device("cuda", 1) and loader.cfg.device_id == 1
+        assert loader.cfg.device == "gpu"
+    assert define_train_pipeline(loader.cfg, lambda: None).device_id == 1  # defined, not built
+
+
+def test_a_dropped_loader_frees_its_pipeline_at_once(demo_root):
+    """No reference cycle through the pipeline: the garbage collector, run wherever the program
+    happens to be (inside a thread pool's lock, say), never has a pipeline to shut down."""
+    import gc
+    import weakref
+
+    def make(kind):
+        if kind == "train":
+            loader = CurriculumLoader(demo_root, small_schedule(), 16, device="cpu")
+            loader.set_epoch(0)
+            return loader
+        return ValidationLoader(demo_root, 32, 5, device="cpu")
+
+    gc.disable()
+    try:
+        for kind in ("train", "val"):
+            loader = make(kind)
+            it = iter(loader)
+            next(it)  # a pipeline mid-epoch, prefetching
+            pipe = weakref.ref(loader._runner._pipe)
+            del loader, it
+            assert pipe() is None
+    finally:
+        gc.enable()
