@@ -19,6 +19,8 @@ _EXPORTS = {
     "StageSpec": "curriculum",
     "FourierCropper": "fourier",
     "fourier_crop": "fourier",
+    "CurriculumLoader": "loader",
+    "ValidationLoader": "loader",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -121,12 +121,26 @@ def check_data(data_dir: str, no_cache: bool, deep: bool) -> None:
 
 
 def recipe_dirs() -> list[Path]:
-    """Where named recipes live: the checkout's pipelines/, else the installed copy."""
-    here = Path(__file__).resolve().parent.parent / "pipelines"
-    return [here, Path(sys.prefix) / "share" / "etpp-dali" / "pipelines"]
+    """Where named recipes live: a source checkout's pipelines/ (so an editable install or a
+    PYTHONPATH run reads the files being edited), then the copy installed with the package
+    (``etpp_dali.recipes``, package data of a wheel)."""
+    from importlib import resources
+
+    dirs = []
+    root = Path(__file__).resolve().parent.parent
+    if (root / "setup.cfg").is_file() and (root / "pipelines").is_dir():
+        dirs.append(root / "pipelines")
+    try:
+        installed = resources.files("etpp_dali.recipes")
+    except ModuleNotFoundError:  # a checkout run straight from its folder
+        installed = None
+    if isinstance(installed, Path) and installed.is_dir() and installed.resolve() not in dirs:
+        dirs.append(installed.resolve())
+    return dirs
 
 
 def find_recipe(name: str) -> Path:
+    """A recipe file: ``name`` as a path, else a named recipe (``demo`` or ``demo.yaml``)."""
     path = Path(name)
     if path.is_file():
         return path
@@ -134,29 +148,10 @@ def find_recipe(name: str) -> Path:
         for candidate in (folder / name, folder / f"{name}.yaml"):
             if candidate.is_file():
                 return candidate
-    known = sorted({p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.yaml")})
-    _fail(f"--recipe {name!r}: no such file or recipe; known recipes: {', '.join(known) or 'none found'}")
+    known = sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")})
+    _fail(f"--recipe {name!r}: no such file or recipe; installed recipes: {', '.join(known) or 'none found'} "
+          "(or give a recipe file's path)")
     raise AssertionError
-
-
-_TRAIN_FLAGS = {  # flag -> TrainConfig field, for the options that map one to one
-    "data": "data", "val_split": "val_split", "model": "model", "preset": "preset", "family": "family",
-    "budget": "budget", "resolution": "resolution", "baseline_budget": "baseline_budget", "batch_size": "batch_size",
-    "lr": "lr", "device": "device", "amp": "amp", "mixup": "mixup", "cutmix": "cutmix", "smoothing": "smoothing",
-    "drop_path": "drop_path", "output": "output", "seed": "seed", "val_every": "val_every", "threads": "threads",
-    "lowpass": "lowpass", "clip_grad": "clip_grad", "warmup_epochs": "warmup_epochs",
-}
-
-
-def _init_distributed() -> None:
-    """Join the process group that torchrun describes in the environment (if any)."""
-    import os
-
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
 
 
 @main.command()
@@ -195,6 +190,7 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
     """Train a timm model with the EfficientTrain++ curriculum (the demo when given nothing)."""
     import os
 
+    from .distributed import init_from_env
     from .trainer import RecipeError, TrainConfig, load_recipe, train as run_training
 
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -211,9 +207,7 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
         values = load_recipe(find_recipe(recipe or "demo")) if (recipe or not flags.get("data")) else {}
         if not recipe and flags.get("data"):
             values["name"] = Path(flags["data"]).name or "run"
-        for flag, field_name in _TRAIN_FLAGS.items():
-            if flags.get(flag) is not None:
-                values[field_name] = flags[flag]
+        values.update({key: value for key, value in flags.items() if value is not None})  # flags are named as the fields
         for name, value in (("baseline", baseline), ("channels_last", channels_last), ("ema", ema),
                             ("tensorboard", tensorboard)):
             if value:
@@ -225,7 +219,7 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
         out = Path(cfg.output)
         if not resume and (out / "last.pt").exists():
             _fail(f"--output {out} holds a run already; pass --resume to continue it or choose another --output")
-        _init_distributed()
+        init_from_env()
         summary = run_training(cfg, resume=str(out) if resume else None)
     except RecipeError as exc:
         _fail(str(exc))

@@ -1,17 +1,18 @@
-"""EfficientTrain and EfficientTrain++ curricula as plain data.
+"""EfficientTrain and EfficientTrain++ curricula as plain data, and the arithmetic on them.
 
 A curriculum is an ordered list of stages. In stage k every image is shown through a
 ``B_k x B_k`` low-frequency window (the band), with RandAugment at magnitude ``m_k`` (timm's
 0..10 scale) and replay factor ``r_k`` (the loader decodes ``1/r_k`` of each batch fresh and
-draws the rest from a buffer of recent samples, METHOD.md section 4).
+draws the rest from a buffer of recent, already augmented samples).
 
-Budget arithmetic (METHOD.md section 3). ``R`` is the full resolution, ``alpha`` the model-cost
-exponent (a step at band ``B`` costs ``(B/R)**alpha`` of a full-resolution step; 2 for
-convnets and for ViTs at a fixed patch size, ignoring attention's extra quadratic term).
+Budget arithmetic. ``R`` is the full resolution, ``alpha`` the model-cost exponent (a step at
+band ``B`` costs ``(B/R)**alpha`` of a full-resolution step; 2 for convnets and for ViTs at a
+fixed patch size, ignoring attention's extra quadratic term).
 
 - ``split="compute"`` (EfficientTrain++): the budget ``E`` is counted in full-resolution
-  epochs and stage k owns the share ``s_k`` of it, so it runs ``s_k E (R/B_k)**alpha / r_k``
-  data epochs. Rounding follows the reference code's integer arithmetic::
+  epochs and stage k owns the share ``s_k`` of it (the presets: 10 equal shares), so it runs
+  ``s_k E (R/B_k)**alpha / r_k`` data epochs. Rounding follows the reference code's integer
+  arithmetic::
 
       P_k = floor(E (R/B_k)**alpha / r_k)             # a whole run at stage k's settings
       n_k = floor(P_k C_{k+1}) - floor(P_k C_k)        # C_k = s_0 + ... + s_{k-1}
@@ -21,9 +22,13 @@ convnets and for ViTs at a fixed patch size, ignoring attention's extra quadrati
   share ``s_k`` of them (same rounding with ``P_k = floor(E / r_k)``).
 
 The compute of stage k, in full-resolution epochs, is ``n_k r_k (B_k/R)**alpha``; relative
-compute and speed-up are taken against a baseline budget (300 epochs by default).
+compute and speed-up are taken against a baseline budget (300 epochs by default, so the
+EfficientTrain++ speed-up is 300/E). Learning-rate warm-up and cosine decay follow the fraction
+of compute done (:meth:`Curriculum.compute_fraction`), not of data epochs.
 
-This module imports neither torch nor DALI: the loader and the trainer query it.
+The preset tables live in :mod:`etpp_dali.presets`, the schedule file and the checks in
+:mod:`etpp_dali.schedule_file`; this module keeps the schedule and its queries. None of them
+imports torch or DALI: the loader and the trainer query them.
 """
 
 from __future__ import annotations
@@ -33,11 +38,24 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from .presets import FAMILIES, PRESETS, preset_schedule
+from .schedule_file import (
+    BASELINE_BUDGET,
+    REFERENCE_RESOLUTION,
+    ScheduleError,
+    StageSpec,
+    check_schedule,
+    parse_schedule,
+    read_schedule_file,
+    scale_band,
+)
 
 __all__ = [
     "BASELINE_BUDGET",
     "FAMILIES",
+    "KINDS",
     "PRESETS",
     "Curriculum",
     "ScheduleError",
@@ -47,65 +65,8 @@ __all__ = [
     "scale_band",
 ]
 
-BASELINE_BUDGET = 300  # epochs of the standard full-resolution recipe the papers compare with
-REFERENCE_RESOLUTION = 224  # the resolution at which the presets' bands are given
-MIN_BAND = 16
-_SHARE_TOLERANCE = 1e-6
+KINDS = PRESETS + ("file", "custom")  # where a schedule came from: a preset, a file, or code
 _FLOOR_EPS = 1e-9  # guards floor() against products like 392/10*5 = 195.99999999999997
-
-# EfficientTrain++ bands per model family (10 stages, METHOD.md section 3).
-FAMILIES: dict[str, tuple[int, ...]] = {
-    "resnet": (96,) * 2 + (160,) * 4 + (224,) * 4,
-    "swin": (96,) * 2 + (160,) * 4 + (224,) * 4,
-    "cswin": (96,) * 2 + (160,) * 4 + (224,) * 4,
-    "convnext": (160,) * 6 + (224,) * 4,
-    "deit": (96,) * 2 + (160,) * 4 + (192,) * 2 + (224,) * 2,
-}
-
-# Replay presets of the reference code (METHOD.md section 4): band -> (replay factor, buffer
-# capacity in samples per rank). Off unless asked for.
-_REPLAY_PRESETS: dict[str, dict[int, tuple[int, int]]] = {
-    "resnet": {96: (4, 1920), 160: (2, 256)},
-    "deit": {96: (4, 1920), 160: (2, 256)},
-    "swin": {96: (2, 1024)},
-    "cswin": {96: (2, 1024)},
-    "convnext": {},
-}
-
-PRESETS = ("etpp", "et", "baseline")
-_DEFAULT_BUDGET = {"etpp": 200.0, "et": 300.0, "baseline": 300.0}
-_SPLITS = ("compute", "epochs")
-
-
-class ScheduleError(ValueError):
-    """A schedule that cannot be built; the message names the field and the value."""
-
-
-def scale_band(band: int, resolution: int, reference_resolution: int = REFERENCE_RESOLUTION) -> int:
-    """Scale a band given at ``reference_resolution`` to ``resolution``.
-
-    The result is rounded to an even number, at least 16 and at most ``resolution``.
-    """
-    if resolution == reference_resolution:
-        return int(band)
-    scaled = 2 * round(band * resolution / reference_resolution / 2)
-    return int(min(resolution, max(MIN_BAND, scaled)))
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """What a user writes down for one stage.
-
-    ``share`` is the stage's share of the budget (of compute or of epochs, per the schedule's
-    ``split``). ``buffer`` is the replay buffer capacity in samples per rank (0: pick a default
-    from the batch size).
-    """
-
-    band: int
-    magnitude: float
-    share: float
-    replay: int = 1
-    buffer: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +82,7 @@ class Stage:
     epochs: int
     start_epoch: int
     compute: float  # in full-resolution epochs
+    batch: int = 0  # per-device batch of the stage; 0: the run's batch
 
     @property
     def end_epoch(self) -> int:
@@ -143,8 +105,10 @@ class SchedulePosition:
 class Curriculum:
     """An immutable, validated curriculum with the arithmetic the loader and trainer need.
 
-    Build one with :meth:`preset`, :meth:`from_file` or :meth:`from_dict`; the constructor
-    takes the stages as given at ``resolution``.
+    Build one with :meth:`preset`, :meth:`from_file`, :meth:`from_dict` or :meth:`resolve`; the
+    constructor takes the stages as given at ``resolution``. ``kind`` says where it came from:
+    ``etpp``, ``et`` or ``baseline`` (a preset), ``file`` or ``custom``; rules that hold only for
+    the papers' schedules (the drop-path scaling) key on it, never on the name.
     """
 
     def __init__(
@@ -158,28 +122,14 @@ class Curriculum:
         baseline_budget: float = BASELINE_BUDGET,
         name: str = "custom",
         source: str = "schedule",
+        kind: str = "custom",
     ) -> None:
-        _check_number(source, "budget", budget, low=0.0, open_low=True)
-        _check_number(source, "baseline_budget", baseline_budget, low=0.0, open_low=True)
-        _check_number(source, "alpha", alpha, low=0.0, open_low=True)
-        if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < MIN_BAND:
-            raise ScheduleError(
-                f"{source}: resolution = {resolution!r} is not an integer >= {MIN_BAND}; "
-                "give the full input side in pixels"
-            )
-        if split not in _SPLITS:
-            raise ScheduleError(f"{source}: split = {split!r}; use one of {', '.join(_SPLITS)}")
-        if not stages:
-            raise ScheduleError(f"{source}: stages is empty; give at least one stage")
-        for i, spec in enumerate(stages):
-            _check_stage(source, i, spec, resolution)
-        total_share = sum(s.share for s in stages)
-        if abs(total_share - 1.0) > _SHARE_TOLERANCE:
-            raise ScheduleError(
-                f"{source}: stage shares sum to {total_share:.6g}, not 1; "
-                "make them add up to 1 or leave every share out for equal shares"
-            )
+        check_schedule(source, stages, budget=budget, resolution=resolution, split=split, alpha=alpha,
+                       baseline_budget=baseline_budget)
+        if kind not in KINDS:
+            raise ScheduleError(f"{source}: kind = {kind!r}; use one of {', '.join(KINDS)}")
         self.name = name
+        self.kind = kind
         self.budget = float(budget)
         self.resolution = resolution
         self.split = split
@@ -188,144 +138,35 @@ class Curriculum:
         self.specs: tuple[StageSpec, ...] = tuple(stages)
         self.stages: tuple[Stage, ...] = self._resolve()
         if self.total_epochs < 1:
-            raise ScheduleError(
-                f"{source}: budget = {budget:g} gives no whole data epoch; raise the budget"
-            )
+            raise ScheduleError(f"{source}: budget = {budget:g} gives no whole data epoch; raise the budget")
 
     # ----------------------------------------------------------------------------- builders
     @classmethod
-    def preset(
-        cls,
-        name: str = "etpp",
-        *,
-        family: str = "resnet",
-        budget: float | None = None,
-        resolution: int = REFERENCE_RESOLUTION,
-        replay: bool = False,
-        alpha: float = 2.0,
-        baseline_budget: float = BASELINE_BUDGET,
-    ) -> "Curriculum":
-        """A schedule of the papers (METHOD.md section 3).
-
-        ``etpp``: EfficientTrain++, 10 stages of equal compute, m = stage index, bands per
-        ``family``; ``replay=True`` turns on the reference's replay presets.
-        ``et``: EfficientTrain, 5 stages of equal epochs, B = 160 x3, 192, 224, m = 1, 3, 5, 7, 9.
-        ``baseline``: one full-resolution stage at m = 9.
-        Bands are given at 224 and scaled to ``resolution``.
-        """
-        if name not in PRESETS:
-            raise ScheduleError(f"--preset {name!r} is unknown; use one of {', '.join(PRESETS)} or a file")
-        if family not in FAMILIES:
-            raise ScheduleError(f"--family {family!r} is unknown; use one of {', '.join(FAMILIES)}")
-        if budget is None:
-            budget = _DEFAULT_BUDGET[name]
-        if name == "etpp":
-            bands = FAMILIES[family]
-            presets = _REPLAY_PRESETS[family] if replay else {}
-            specs = [
-                StageSpec(band=b, magnitude=float(k), share=1 / len(bands),
-                          replay=presets.get(b, (1, 0))[0], buffer=presets.get(b, (1, 0))[1])
-                for k, b in enumerate(bands)
-            ]
-            split = "compute"
-        elif name == "et":
-            specs = [StageSpec(band=b, magnitude=float(m), share=0.2)
-                     for b, m in zip((160, 160, 160, 192, 224), (1, 3, 5, 7, 9))]
-            split = "epochs"
-        else:
-            specs = [StageSpec(band=REFERENCE_RESOLUTION, magnitude=9.0, share=1.0)]
-            split = "compute"
-        scaled = [
-            StageSpec(scale_band(s.band, resolution), s.magnitude, s.share, s.replay, s.buffer)
-            for s in specs
-        ]
-        label = f"{name}-{family}" if name == "etpp" else name
-        return cls(scaled, budget=budget, resolution=resolution, split=split, alpha=alpha,
-                   baseline_budget=baseline_budget, name=label, source=f"preset {name}")
+    def preset(cls, name: str = "etpp", *, family: str = "resnet", budget: float | None = None,
+               resolution: int = REFERENCE_RESOLUTION, replay: bool = False, alpha: float = 2.0,
+               baseline_budget: float = BASELINE_BUDGET) -> "Curriculum":
+        """A schedule of the papers: ``etpp`` (10 stages of equal compute, m = stage index, bands
+        per ``family``; ``replay=True`` turns on the reference's replay presets), ``et`` (5 stages
+        of equal epochs) or ``baseline``; see :mod:`etpp_dali.presets`. Bands are given at 224 and
+        scaled to ``resolution``."""
+        args = preset_schedule(name, family=family, budget=budget, resolution=resolution, replay=replay,
+                               alpha=alpha, baseline_budget=baseline_budget)
+        return cls(**args, kind=name)
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, source: str = "schedule", resolution: int | None = None,
-        budget: float | None = None,
-    ) -> "Curriculum":
-        """Build from a mapping (the YAML/JSON schema below), validating every field.
-
-        Keys: ``stages`` (list of ``{band, magnitude, share?, replay?, buffer?}``), ``budget``,
-        ``resolution`` (what the bands are given at, default 224), ``split``, ``alpha``,
-        ``baseline_budget``, ``name``. Shares left out everywhere mean equal shares.
-        ``resolution``/``budget`` arguments override the file (bands are rescaled).
-        """
-        if not isinstance(data, Mapping):
-            raise ScheduleError(f"{source}: the top level is a {type(data).__name__}, not a mapping")
-        allowed = {"stages", "budget", "resolution", "split", "alpha", "baseline_budget", "name"}
-        _reject_unknown(source, "", data, allowed)
-        if "stages" not in data:
-            raise ScheduleError(f"{source}: 'stages' is missing; list the stages")
-        raw_stages = data["stages"]
-        if not isinstance(raw_stages, list) or not raw_stages:
-            raise ScheduleError(f"{source}: stages must be a non-empty list")
-        file_resolution = data.get("resolution", REFERENCE_RESOLUTION)
-        if not isinstance(file_resolution, int) or isinstance(file_resolution, bool) or file_resolution < MIN_BAND:
-            raise ScheduleError(f"{source}: resolution = {file_resolution!r} is not an integer >= {MIN_BAND}")
-        has_share = [isinstance(s, Mapping) and "share" in s for s in raw_stages]
-        if any(has_share) and not all(has_share):
-            raise ScheduleError(f"{source}: some stages give a share and some do not; give all or none")
-        specs = []
-        for i, raw in enumerate(raw_stages):
-            if not isinstance(raw, Mapping):
-                raise ScheduleError(f"{source}: stages[{i}] is a {type(raw).__name__}, not a mapping")
-            _reject_unknown(source, f"stages[{i}].", raw, {"band", "magnitude", "share", "replay", "buffer"})
-            for key in ("band", "magnitude"):
-                if key not in raw:
-                    raise ScheduleError(f"{source}: stages[{i}].{key} is missing")
-            spec = StageSpec(
-                band=raw["band"],
-                magnitude=raw["magnitude"],
-                share=raw.get("share", 1 / len(raw_stages)),
-                replay=raw.get("replay", 1),
-                buffer=raw.get("buffer", 0),
-            )
-            _check_stage(source, i, spec, file_resolution)
-            specs.append(spec)
-        target = file_resolution if resolution is None else resolution
-        if target != file_resolution:
-            if not isinstance(target, int) or target < MIN_BAND:
-                raise ScheduleError(f"--resolution {target!r} is not an integer >= {MIN_BAND}")
-            specs = [StageSpec(scale_band(s.band, target, file_resolution), s.magnitude, s.share,
-                               s.replay, s.buffer) for s in specs]
-        return cls(
-            specs,
-            budget=data.get("budget", _DEFAULT_BUDGET["etpp"]) if budget is None else budget,
-            resolution=target,
-            split=data.get("split", "compute"),
-            alpha=data.get("alpha", 2.0),
-            baseline_budget=data.get("baseline_budget", BASELINE_BUDGET),
-            name=str(data.get("name", Path(source).stem if source != "schedule" else "custom")),
-            source=source,
-        )
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "schedule", resolution: int | None = None,
+                  budget: float | None = None) -> "Curriculum":
+        """Build from a mapping, validating every field (the keys are a schedule file's, see
+        :mod:`etpp_dali.schedule_file`). Shares left out everywhere mean equal shares.
+        ``resolution``/``budget`` arguments override the mapping's (bands are rescaled)."""
+        return cls(**parse_schedule(data, source=source, resolution=resolution, budget=budget))
 
     @classmethod
     def from_file(cls, path: str | Path, *, resolution: int | None = None,
                   budget: float | None = None) -> "Curriculum":
-        """Load a YAML (``.yaml``/``.yml``) or JSON file; see :meth:`from_dict` for the keys."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ScheduleError(f"{path}: cannot read the schedule file ({exc.strerror or exc})") from None
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml  # a dependency of the package; kept local so the module stays light
-
-                data = yaml.safe_load(text)
-        except Exception as exc:  # the parsers raise many types; the message is what matters
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ScheduleError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from None
-        if isinstance(data, Mapping) and "schedule" in data and "stages" not in data:
-            data = data["schedule"]  # a recipe file holding a schedule section
-        return cls.from_dict(data, source=str(path), resolution=resolution, budget=budget)
+        """Load a YAML (``.yaml``/``.yml``) or JSON schedule file (or a recipe's ``schedule:``)."""
+        data = read_schedule_file(path)
+        return cls(**parse_schedule(data, source=str(path), resolution=resolution, budget=budget), kind="file")
 
     @classmethod
     def resolve(cls, preset: str, *, family: str = "resnet", budget: float | None = None,
@@ -387,7 +228,7 @@ class Curriculum:
             epochs = hi - lo
             compute = epochs * spec.replay * self._cost(spec.band)
             stages.append(Stage(i, spec.band, float(spec.magnitude), spec.replay, spec.buffer,
-                                spec.share, epochs, start, compute))
+                                spec.share, epochs, start, compute, spec.batch))
             start += epochs
         return tuple(stages)
 
@@ -499,45 +340,3 @@ class Curriculum:
             "relative_compute": round(self.relative_compute(base), 4),
             "speedup": round(self.speedup(base), 4),
         }
-
-
-# ----------------------------------------------------------------------------- validation
-def _check_number(source: str, field: str, value: Any, *, low: float, open_low: bool = False,
-                  high: float | None = None) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value > low if open_low else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f"> {low:g}" if open_low else f">= {low:g}"
-        if high is not None:
-            bound += f" and <= {high:g}"
-        raise ScheduleError(f"{source}: {field} = {value!r} is invalid; it must be a number {bound}")
-
-
-def _check_stage(source: str, i: int, spec: StageSpec, resolution: int) -> None:
-    where = f"stages[{i}]"
-    band = spec.band
-    if not isinstance(band, int) or isinstance(band, bool):
-        raise ScheduleError(f"{source}: {where}.band = {band!r} is not an integer number of pixels")
-    if band > resolution or band < MIN_BAND:
-        raise ScheduleError(
-            f"{source}: {where}.band = {band} is outside {MIN_BAND}..{resolution} "
-            f"(the resolution); use a band between {MIN_BAND} and {resolution}"
-        )
-    _check_number(source, f"{where}.magnitude", spec.magnitude, low=0.0, high=10.0)
-    _check_number(source, f"{where}.share", spec.share, low=0.0, open_low=True, high=1.0)
-    if not isinstance(spec.replay, int) or isinstance(spec.replay, bool) or spec.replay < 1:
-        raise ScheduleError(f"{source}: {where}.replay = {spec.replay!r} is invalid; use an integer >= 1")
-    if not isinstance(spec.buffer, int) or isinstance(spec.buffer, bool) or spec.buffer < 0:
-        raise ScheduleError(f"{source}: {where}.buffer = {spec.buffer!r} is invalid; use an integer >= 0")
-
-
-def _reject_unknown(source: str, prefix: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    allowed = set(allowed)
-    for key in data:
-        if key not in allowed:
-            raise ScheduleError(
-                f"{source}: unknown key {prefix}{key!r}; known keys are {', '.join(sorted(allowed))}"
-            )

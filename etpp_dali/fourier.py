@@ -1,19 +1,23 @@
-"""The low-frequency crop ("Fourier crop") of EfficientTrain++ (METHOD.md section 2).
+"""The low-frequency crop ("Fourier crop") of EfficientTrain++.
 
-For an image x of H x W and a band (Bh, Bw), the reference operator is::
+For an image x of H x W and a band (Bh, Bw) (Bh <= H, Bw <= W), the operator is::
 
     X = fft2(x)                                   # unnormalised
     Z = X[K(Bh)][:, K(Bw)]                        # K(B) = fftfreq(B) * B: -floor(B/2) .. ceil(B/2)-1
     y = real(ifft2(Z)) * (Bh / H) * (Bw / W)      # the scale keeps each channel's mean
 
-i.e. the centred Bh x Bw block of the shifted spectrum. For even B the block holds the unpaired
-Nyquist frequency -B/2 and, like the reference, we take the real part: both backends reproduce
-that exactly (no Nyquist approximation), within float rounding of the reference.
+i.e. the centred Bh x Bw block of the shifted spectrum; unshifted, for even B, rows (and
+columns) [0, B/2) and [H - B/2, H). The output is Bh x Bw. For even B the block holds the
+unpaired Nyquist frequency -B/2 and, as EfficientTrain++'s reference, we take the real part:
+both backends reproduce that exactly (no other Nyquist treatment), within float rounding of
+:func:`fourier_crop_reference`. The operator is linear and keeps each channel's mean, so a
+normalisation before or after it gives the same result.
 
-The operator is linear and separable: ``y = Re(M_h x M_w^T)`` with the complex ``B x H`` matrix
+The operator is separable: ``y = Re(M_h x M_w^T)`` with the complex ``B x H`` matrix
 ``M = (1/H) E_B^+ E_H^-`` (``E^+_{jk} = exp(2 pi i k j / B)``, ``E^-_{kh} = exp(-2 pi i k h / H)``,
-``k`` in ``K(B)``). Write ``A = Re(M)``. For even B, ``Im(M) = u v^T`` is rank one (``u_j = (-1)^j``,
-``v_h = sin(pi B h / H) / H``: the unpaired Nyquist bin); for odd B it is zero. Hence
+``k`` in ``K(B)``). Write ``A = Re(M)``, ``Ai = Im(M)``; then ``y = A_h x A_w^T - Ai_h x Ai_w^T``.
+For even B, ``Ai = u v^T`` is rank one (``u_j = (-1)^j``, ``v_h = sin(pi B h / H) / H``: the
+unpaired Nyquist bin); for odd B it is zero. Hence
 
     y = A_h x A_w^T - s u_h u_w^T,    s = v_h^T x v_w  (only when both bands are even)
 
@@ -55,13 +59,9 @@ LAYOUTS = ("NCHW", "NHWC")
 Alloc = Callable[[str, tuple, torch.dtype, torch.device], torch.Tensor]
 
 
-def _fresh(name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 # ---------------------------------------------------------------------------- reference
 def fourier_crop_reference(images: np.ndarray, size: int | Sequence[int], layout: str = "NCHW") -> np.ndarray:
-    """The formula of METHOD.md section 2 in float64 NumPy: the ground truth of the tests."""
+    """The defining formula (module docstring) in float64 NumPy: the ground truth of the tests."""
     x = np.asarray(images, dtype=np.float64)
     if layout == "NHWC":
         x = np.moveaxis(x, -1, 1)
@@ -92,18 +92,15 @@ def _axis_matrices_f64(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray | 
 
 @functools.lru_cache(maxsize=128)
 def crop_matrices(n_in: int, n_out: int, dtype: torch.dtype = torch.float32,
-                  device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``(A, v, u)`` for one axis, cached per (size, band, dtype, device).
+                  device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(A, v)`` for one axis, cached per (size, band, dtype, device).
 
-    ``A`` is ``n_out x n_in``; ``v`` (``n_in``) and ``u = (-1)^j`` (``n_out``) are None unless
-    the band is even and smaller than the input.
+    ``A`` is ``n_out x n_in``; ``v`` (``n_in``) is None unless the band is even and smaller
+    than the input (``u = (-1)^j`` is implied).
     """
     a, v = _axis_matrices_f64(n_in, n_out)
     A = torch.as_tensor(a, dtype=dtype, device=device)
-    if v is None:
-        return A, None, None
-    u = torch.as_tensor((-1.0) ** np.arange(n_out), dtype=dtype, device=device)
-    return A, torch.as_tensor(v, dtype=dtype, device=device), u
+    return A, (None if v is None else torch.as_tensor(v, dtype=dtype, device=device))
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,8 +117,8 @@ def _matmul_kernel(x: torch.Tensor, y: torch.Tensor, alloc: Alloc) -> None:
     n, c, h, w = x.shape
     bh, bw = y.shape[-2:]
     dev = str(y.device)
-    ah, vh, _ = crop_matrices(h, bh, y.dtype, dev)
-    aw, vw, _ = crop_matrices(w, bw, y.dtype, dev)
+    ah, vh = crop_matrices(h, bh, y.dtype, dev)
+    aw, vw = crop_matrices(w, bw, y.dtype, dev)
     # in chunks of images whose float copy stays in cache (the batch's would not)
     chunk = max(1, _CHUNK_BYTES // (c * h * w * y.element_size()))
     for start in range(0, n, chunk):
@@ -177,7 +174,7 @@ def _fft_kernel(x: torch.Tensor, y: torch.Tensor, alloc: Alloc) -> None:
     torch.fft.ifft2(block, norm="forward", out=out)        # the unnormalised inverse
     scale = 1.0 / (h * w)                                   # (Bh/H)(Bw/W) / (Bh Bw)
     if even_h and even_w:
-        _, vh, _ = crop_matrices(h, bh, y.dtype, str(dev))
+        _, vh = crop_matrices(h, bh, y.dtype, str(dev))
         s = torch.matmul(rows_v, vh.to(cdtype))             # (P, C) = v_h^T (a + i b) v_w
         out.sub_((s / scale)[..., None, None] * _nyquist_outer(bw, bh, y.dtype, str(dev)))
     parts = torch.view_as_real(out)                         # transposed (Bw, Bh) planes
@@ -190,7 +187,7 @@ _KERNELS = {"matmul": _matmul_kernel, "fft": _fft_kernel}
 
 
 # ------------------------------------------------------------------------------- choosing
-# Measured on this project's 2-core AVX-512 CPU (bench/op.sh and bench/crop.sh, bench/results/):
+# Measured on a 2-core AVX-512 machine (bench/op.sh and bench/crop.sh):
 # alone, with 224 inputs, the GEMMs win clearly at small bands (1 thread, uint8 NHWC, batch 64:
 # 1,752 vs 1,232 img/s at 96) and tie with the FFT from about 3/4 of the side (909 vs 904 at
 # 160, 700 vs 910 at 192). Inside the DALI CPU pipeline, over seven runs each, the GEMMs kept
@@ -219,6 +216,17 @@ def _pair(size: Any) -> tuple[int, int]:
             isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in size):
         return int(size[0]), int(size[1])
     raise ValueError(f"size = {size!r} is invalid; give an int or an (h, w) pair of ints")
+
+
+def _floats(values: Sequence[float] | None, default: float, count: int) -> tuple[float, ...]:
+    return (default,) * count if values is None else tuple(float(v) for v in values)
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_vector(values: tuple[float, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Per-channel values as a (C, 1, 1) tensor, made once per device: building it every call
+    would copy it from the host, which on CUDA also waits for the stream."""
+    return torch.tensor(values, dtype=dtype, device=device)[:, None, None]
 
 
 class FourierCropper:
@@ -258,11 +266,9 @@ class FourierCropper:
             backend = self.backend if self.backend != "auto" else choose_backend((h, w), (bh, bw), x.device)
             _KERNELS[backend](xc, y, self._alloc)
         if channel_scale is not None or channel_shift is not None:
-            scale = torch.as_tensor(channel_scale if channel_scale is not None else [1.0] * c,
-                                    dtype=fdtype, device=x.device)
-            shift = torch.as_tensor(channel_shift if channel_shift is not None else [0.0] * c,
-                                    dtype=fdtype, device=x.device)
-            y.mul_(scale[:, None, None]).add_(shift[:, None, None])
+            dev = str(x.device)
+            y.mul_(_channel_vector(_floats(channel_scale, 1.0, c), fdtype, dev))
+            y.add_(_channel_vector(_floats(channel_shift, 0.0, c), fdtype, dev))
         result = y.permute(0, 2, 3, 1) if out_layout == "NHWC" else y
         if out is not None:
             out.copy_(result)
@@ -295,7 +301,8 @@ def _check(images: Any, size: Any, layout: str, out_layout: str | None) -> tuple
 
 def fourier_crop(images: Any, size: int | Sequence[int], *, layout: str = "NCHW",
                  out_layout: str | None = None, backend: str = "auto") -> Any:
-    """Keep the centred ``size`` block of each image's spectrum (METHOD.md section 2).
+    """Keep the centred ``size`` block of each image's spectrum (the formula of the module
+    docstring: fft2, the centred block, the real part of its ifft2, scaled by (Bh/H)(Bw/W)).
 
     ``images``: a torch tensor (CPU or CUDA) or a NumPy array, 4-D in ``layout`` (``"NCHW"``
     or ``"NHWC"``); float32 and float64 are kept, other types (uint8) give float32.

@@ -182,6 +182,11 @@ class CurriculumLoader:
         return self.stage.replay
 
     @property
+    def shard_len(self) -> int:
+        """This rank's images per epoch (before the last batch is completed)."""
+        return self.plan.shard_len
+
+    @property
     def excluded(self) -> dict[int, str]:
         """Source index -> why the decoder failed on it: left out for the rest of the run."""
         return self.plan.excluded
@@ -199,6 +204,14 @@ class CurriculumLoader:
 
     def __len__(self) -> int:
         return self.batches_in_epoch()
+
+    def dali_iterator(self, output_map: Sequence[str] = ("data", "label"), **options: Any) -> Any:
+        """This loader through DALI's PyTorch iterator protocol (``output_map``, ``reset()``,
+        ``size``, ``last_batch_policy``, ``auto_reset``): a drop-in for ``DALIGenericIterator``
+        loops (:class:`~etpp_dali.dali_iterator.DALIStyleIterator`)."""
+        from .dali_iterator import DALIStyleIterator
+
+        return DALIStyleIterator(self, output_map, **options)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration yield epoch ``epoch`` from its start; right after

@@ -239,8 +239,7 @@ def _external_source(feed: Callable[[], tuple], names: Sequence[str]) -> dict[st
 def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn
 
-    from .dali_ops import lowpass, resize
-    from .randaugment import apply_randaugment
+    from .dali_ops import apply_randaugment, lowpass, resize
 
     fed = _external_source(feed, TrainBatch.feed_names(cfg.randaugment))
     band = fed["band"]
@@ -250,7 +249,7 @@ def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     img = fn.flip(img, horizontal=fed["flip"])
     if cfg.randaugment:
         matrix, geometric, colour, value = (fed[name] for name in TrainBatch.AUGMENT_FEED)
-        img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution), cfg.device)
+        img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution))
     img = lowpass(img, band, mode=cfg.lowpass, mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
     return {"images": img, "labels": fed["labels"], "tag": fed["tag"]}
 

@@ -183,14 +183,26 @@ def test_constructor_rejects_tiny_budget():
         Curriculum([StageSpec(224, 9, 1.0)], budget=0.5)
 
 
-def test_curriculum_module_imports_neither_torch_nor_dali():
+@pytest.mark.parametrize("module", ["curriculum", "presets", "schedule_file", "recipe"])
+def test_schedule_modules_import_neither_torch_nor_dali(module):
     import subprocess
     import sys
 
-    code = ("import sys, etpp_dali.curriculum; "
+    code = (f"import sys, etpp_dali.{module}; "
             "bad = [m for m in ('torch', 'nvidia.dali') if m in sys.modules]; "
-            "sys.exit(1 if bad else 0)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+            "sys.exit(f'imports {bad}' if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_kind_says_where_a_schedule_came_from(tmp_path):
+    assert [Curriculum.preset(p).kind for p in ("etpp", "et", "baseline")] == ["etpp", "et", "baseline"]
+    f = write(tmp_path, "budget: 10\nstages:\n  - {band: 224, magnitude: 9}\n", name="etpp_like.yaml")
+    from_file = Curriculum.resolve(str(f))
+    assert from_file.kind == "file" and from_file.name == "etpp_like"
+    assert Curriculum.from_dict({"budget": 10, "stages": [{"band": 224, "magnitude": 9}]}).kind == "custom"
+    with pytest.raises(ScheduleError, match="kind = 'paper'"):
+        Curriculum([StageSpec(224, 9, 1.0)], budget=10, kind="paper")
 
 
 def test_resolve_names_a_preset_or_a_file(tmp_path):

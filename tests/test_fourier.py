@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from etpp_dali.fourier import FourierCropper, choose_backend, fourier_crop, fourier_crop_reference
+from etpp_dali.fourier import (FourierCropper, _channel_vector, choose_backend, crop_matrices, fourier_crop,
+                               fourier_crop_reference)
 
 
 BACKENDS = ("matmul", "fft")
@@ -80,6 +81,34 @@ def test_fused_normalisation_equals_normalise_then_crop():
     normalised = (x.astype(np.float64) - mean) / std
     ref = np.moveaxis(fourier_crop_reference(normalised, 16, layout="NHWC"), -1, 1)
     assert rel_err(y.numpy(), ref) < 1e-5
+
+
+@pytest.mark.parametrize("bh,bw", [(32, 20), (33, 20), (32, 21)])
+def test_separable_form_of_the_docstring(bh, bw):
+    """y = A_h x A_w^T - (v_h^T x v_w) u_h u_w^T, the last term only when both bands are even."""
+    x = np.random.default_rng(7).standard_normal((64, 40))
+    ah, vh = (t.numpy() if t is not None else None for t in crop_matrices(64, bh, torch.float64))
+    aw, vw = (t.numpy() if t is not None else None for t in crop_matrices(40, bw, torch.float64))
+    assert (vh is None) == (bh % 2 == 1) and (vw is None) == (bw % 2 == 1)
+    y = ah @ x @ aw.T
+    if vh is not None and vw is not None:
+        y -= (vh @ x @ vw) * np.outer((-1.0) ** np.arange(bh), (-1.0) ** np.arange(bw))
+    assert np.abs(y - fourier_crop_reference(x[None, None], (bh, bw))[0, 0]).max() < 1e-12
+
+
+def test_channel_scale_and_shift_are_made_once_per_device_and_dtype():
+    crop = FourierCropper("matmul")
+    x = torch.rand(2, 3, 16, 16)
+    crop(x, 8, channel_scale=[2.0, 3.0, 4.0], channel_shift=np.array([1.0, 0.0, -1.0]))
+    before = _channel_vector.cache_info()
+    y = crop(x, 8, channel_scale=[2.0, 3.0, 4.0], channel_shift=np.array([1.0, 0.0, -1.0]))
+    after = _channel_vector.cache_info()
+    assert after.hits == before.hits + 2 and after.misses == before.misses
+    ref = fourier_crop(x, 8) * torch.tensor([2.0, 3.0, 4.0])[:, None, None] + torch.tensor([1.0, 0.0, -1.0])[:, None, None]
+    assert torch.allclose(y, ref, atol=1e-5)
+    y64 = crop(x.double(), 8, channel_scale=[2.0, 3.0, 4.0])
+    assert y64.dtype == torch.float64 and torch.allclose(y64, (fourier_crop(x.double(), 8) * 2 * torch.tensor(
+        [1.0, 1.5, 2.0], dtype=torch.float64)[:, None, None]))
 
 
 def test_cropper_reuses_its_buffers_and_handles_size_changes():

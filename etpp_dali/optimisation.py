@@ -1,0 +1,119 @@
+"""The optimisation side of a run: AdamW, the loss, AMP, EMA, the learning-rate schedule and one
+training step.
+
+The learning rate warms up linearly, then follows a cosine to ``min_lr``, both over the fraction
+of *compute* done (as EfficientTrain++ prescribes), not of data epochs: a 96-px epoch costs about
+a fifth of a 224-px one, so counting epochs would spend most of the decay on the cheap early
+stages. The warm-up is ``warmup_epochs`` full-resolution epochs of compute (20 in the reference
+recipes) or ``warmup_fraction`` of the budget (DeiT: 0.2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+
+from .curriculum import Curriculum
+from .models import unwrap_model
+from .recipe import TrainConfig
+
+__all__ = ["Optimisation"]
+
+
+class Optimisation:
+    """AdamW (timm's, linear LR scaling), cross-entropy with label smoothing or mixup/cutmix soft
+    targets, an fp16 gradient scaler, an EMA of the weights, gradient clipping, and the LR schedule."""
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, curriculum: Curriculum, num_classes: int,
+                 device: torch.device) -> None:
+        import timm.optim
+        from timm.utils import ModelEmaV3
+
+        self.cfg = cfg
+        self.model = model
+        self.device = device
+        self.lr = cfg.learning_rate(cfg.batch_size)
+        self.optimizer = timm.optim.create_optimizer_v2(unwrap_model(model), "adamw", lr=self.lr,
+                                                        weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        self.ema = ModelEmaV3(unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
+        self.mixup, self.criterion = _loss(cfg, num_classes)
+        wf = cfg.warmup_fraction
+        self.warmup = wf if wf is not None else curriculum.warmup_fraction(cfg.warmup_epochs)
+
+    def lr_at(self, fraction: float) -> float:
+        """Linear warm-up then cosine to ``min_lr``, over the fraction of compute done."""
+        if self.warmup > 0 and fraction < self.warmup:
+            return self.lr * fraction / self.warmup
+        progress = (fraction - self.warmup) / max(1e-12, 1.0 - self.warmup)
+        return self.cfg.min_lr + 0.5 * (self.lr - self.cfg.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def set_lr(self, fraction: float) -> float:
+        """Set every parameter group's LR for ``fraction`` of compute done; returns the base LR."""
+        lr = self.lr_at(fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def autocast(self) -> torch.autocast:
+        """The AMP context of ``--amp`` (bf16, fp16, or off)."""
+        if self.cfg.amp == "off":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimiser step on a batch; returns the batch's loss."""
+        targets = labels
+        if self.mixup is not None:
+            if len(images) % 2:  # timm's batch mixup needs an even batch
+                images, labels = images[:-1], labels[:-1]
+            images, targets = self.mixup(images, labels)
+        with self.autocast():
+            loss = self.criterion(self.model(images), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+            self._clip_gradients()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self._clip_gradients()
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(unwrap_model(self.model))
+        return float(loss.detach())
+
+    def _clip_gradients(self) -> None:
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimiser, scaler and EMA states, under the keys a checkpoint stores them."""
+        return {"optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "ema": self.ema.module.state_dict() if self.ema else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state["ema"]:
+            self.ema.module.load_state_dict(state["ema"])
+
+
+def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Any, torch.nn.Module]:
+    """timm's batch mixup/cutmix with soft-target cross-entropy, or plain cross-entropy."""
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                      num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    return None, torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
