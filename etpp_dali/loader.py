@@ -150,6 +150,8 @@ class CurriculumLoader:
                                     hw_decoder_load=hw_decoder_load, prefetch=prefetch)
         self.plan = TrainPlan(self.source, curriculum, batch_size, self.cfg, seed=seed, shard_id=self.shard_id,
                               num_shards=self.num_shards)
+        self.shard_len = self.plan.shard_len  # this rank's images per epoch (before the last batch is completed)
+        self.excluded = self.plan.excluded  # source index -> why the decoder failed on it (left out from then on)
         self.channels_last, self.dtype = channels_last, dtype
         self.replay_capacity = replay_buffer
         self.epoch, self.step = 0, 0
@@ -180,21 +182,6 @@ class CurriculumLoader:
     def replay(self) -> int:
         """The current stage's replay factor r (1: every sample fresh)."""
         return self.stage.replay
-
-    @property
-    def shard_len(self) -> int:
-        """This rank's images per epoch (before the last batch is completed)."""
-        return self.plan.shard_len
-
-    @property
-    def excluded(self) -> dict[int, str]:
-        """Source index -> why the decoder failed on it: left out for the rest of the run."""
-        return self.plan.excluded
-
-    @property
-    def rebuilds(self) -> int:
-        """How many times a pipeline was built."""
-        return self._runner.builds
 
     def fresh_batch_size(self, epoch: int | None = None) -> int:
         return self.plan.fresh_batch_size(self.epoch if epoch is None else epoch)
@@ -287,6 +274,11 @@ class CurriculumLoader:
     def close(self) -> None:
         """Release the pipeline (its threads and buffers); the next iteration builds a new one."""
         self._runner.close()
+
+    @property
+    def rebuilds(self) -> int:
+        """How many times a pipeline was built."""
+        return self._runner.builds
 
 
 class ValidationLoader:
