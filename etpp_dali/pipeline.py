@@ -37,8 +37,8 @@ from .parallel import map_threads, usable_cores
 from .randaugment import RandAugmentParams, sample_randaugment
 
 __all__ = ["PipelineConfig", "TrainBatch", "ValBatch", "TRAIN_OUTPUTS", "VAL_OUTPUTS", "define_train_pipeline",
-           "define_val_pipeline", "make_train_batch", "make_val_batch", "sample_crop_windows",
-           "centre_crop_geometry", "val_resize_size"]
+           "define_val_pipeline", "make_train_batch", "make_val_batch", "named_external_source",
+           "sample_crop_windows", "centre_crop_geometry", "val_resize_size"]
 
 INTERPOLATIONS = ("cubic", "linear")
 TRAIN_OUTPUTS = ("images", "labels", "tag")
@@ -229,8 +229,10 @@ def _decoder_args(cfg: PipelineConfig) -> dict:
     return args
 
 
-def _external_source(feed: Callable[[], tuple], names: Sequence[str]) -> dict[str, Any]:
-    """The outputs of ``fn.external_source(feed)`` by name; ``feed()`` returns ``names``' values in order."""
+def named_external_source(feed: Callable[[], tuple], names: Sequence[str]) -> dict[str, Any]:
+    """The outputs of ``fn.external_source(feed)`` by name, inside a pipeline definition;
+    ``feed()`` returns the values of ``names`` in that order (e.g. ``TrainBatch.feed_names(True)``
+    and ``TrainBatch.as_feed(True)``)."""
     from nvidia.dali import fn
 
     return dict(zip(names, fn.external_source(source=feed, num_outputs=len(names), batch=True)))
@@ -241,7 +243,7 @@ def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
 
     from .dali_ops import apply_randaugment, lowpass, resize
 
-    fed = _external_source(feed, TrainBatch.feed_names(cfg.randaugment))
+    fed = named_external_source(feed, TrainBatch.feed_names(cfg.randaugment))
     band = fed["band"]
     img = fn.decoders.image_slice(fed["encoded"], fed["anchor"], fed["shape"], axis_names="HW",
                                   normalized_anchor=False, normalized_shape=False, **_decoder_args(cfg))
@@ -286,7 +288,7 @@ def _resize_each(img: Any, size: Any, interpolation: str) -> Any:
 def _val_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn, types
 
-    fed = _external_source(feed, ValBatch.FEED)
+    fed = named_external_source(feed, ValBatch.FEED)
     img = fn.decoders.image(fed["encoded"], **_decoder_args(cfg))
     img = _resize_each(img, fed["size"], cfg.interpolation)
     img = fn.crop_mirror_normalize(img, crop=(cfg.resolution, cfg.resolution), crop_pos_x=fed["crop_x"],
