@@ -1,8 +1,10 @@
-"""Benchmarks: the Fourier crop alone, inside a DALI pipeline, and (in loader/trainer modules) more.
+"""Benchmarks of the Fourier crop (alone, and inside a DALI pipeline), and what every benchmark
+shares: the machine record, Markdown tables and the JSON writer.
 
-Every comparison is measured side by side in one process and one run, interleaved round by
-round, because the machines are shared and noisy: the ratios are what to read. Each figure is
-the median of several timed windows after a warm-up.
+The crop comparisons run side by side in one process, interleaved round by round: they time
+operators of one pipeline, not loaders with their own workers. The loader benchmark times each
+loader alone in its own process (:mod:`etpp_dali.bench_loader`); time to accuracy is in
+:mod:`etpp_dali.bench_train`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
 
 from .files import write_text_atomic
 
@@ -187,221 +187,6 @@ def bench_crop_pipeline(files: Sequence[str], *, bands: Sequence[int] = (96, 160
         rows.append(row)
         del variants
     return rows
-
-
-# -------------------------------------------------------------------------------- loader
-def _cycle_curriculum_loader(data: Any, band: int, magnitude: float, *, resolution: int, batch: int,
-                             threads: int, lowpass: str = "fourier", randaugment: bool = True,
-                             device: str = "cpu"):
-    """Endless batches of our loader at one fixed stage (band, magnitude)."""
-    from .curriculum import Curriculum, StageSpec
-    from .loader import CurriculumLoader
-
-    cur = Curriculum([StageSpec(band, float(magnitude), 1.0)], budget=10_000, resolution=resolution, split="epochs")
-    loader = CurriculumLoader(data, cur, batch_size=batch, device=device, num_threads=threads, lowpass=lowpass,
-                              randaugment=randaugment, verbose=False)
-
-    def batches():
-        epoch = 0
-        while True:
-            loader.set_epoch(epoch)
-            for x, _ in loader:
-                yield len(x)
-            epoch += 1
-
-    return batches()
-
-
-def _cycle_reference_loader(samples, band: int, magnitude: float, *, resolution: int, batch: int, workers: int):
-    from .reference import reference_loader
-
-    loader = reference_loader(samples, resolution=resolution, band=band, magnitude=magnitude,
-                              batch_size=batch, workers=workers)
-
-    def batches():
-        while True:
-            for x, _ in loader:
-                yield len(x)
-
-    return batches()
-
-
-def _cycle_decode_only(files: list[str], *, batch: int, threads: int, device: str = "cpu"):
-    """JPEG decoding alone (DALI's decoder, the same threads): the bound for any pipeline."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if device == "gpu" else None, seed=0)
-    def decode():
-        jpegs, _ = fn.readers.file(files=files, random_shuffle=True)
-        return fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
-
-    return _endless(decode(), batch)
-
-
-def _endless(pipe: Any, batch: int):
-    """Build ``pipe`` and run it forever, yielding the images each run produced."""
-    pipe.build()
-    while True:
-        pipe.run()
-        yield batch
-
-
-def _cycle_decode_crop_resize(source: Any, *, resolution: int, batch: int, threads: int, device: str = "cpu"):
-    """Our decode of the random-resized-crop window and resize to R (+ flip), nothing else:
-    the part of the pipeline the issue sets against decoding alone."""
-    from nvidia.dali import fn, pipeline_def
-
-    from .dali_ops import resize
-    from .pipeline import PipelineConfig, _decoder_args, sample_crop_windows
-
-    cfg = PipelineConfig(resolution=resolution, batch_size=batch, num_threads=threads, device=device)
-    sizes = source.sizes
-    state = {"step": 0}
-
-    def feed():
-        rng = np.random.default_rng([0, state["step"]])
-        state["step"] += 1
-        idx = rng.integers(0, len(source), batch)
-        anchor, shape = sample_crop_windows(rng, sizes[idx])
-        return [source.read(int(i)) for i in idx], anchor, shape, (rng.random(batch) < 0.5).astype(np.int32)
-
-    @pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if device == "gpu" else None, seed=0)
-    def crop_resize():
-        jpegs, anchor, shape, flip = fn.external_source(source=feed, num_outputs=4, batch=True)
-        img = fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", normalized_anchor=False,
-                                      normalized_shape=False, **_decoder_args(cfg))
-        return fn.flip(resize(img, size=(resolution, resolution), interpolation=cfg.interpolation), horizontal=flip)
-
-    return _endless(crop_resize(), batch)
-
-
-def _rate(it, steps: int) -> float:
-    t0 = time.perf_counter()
-    n = sum(next(it) for _ in range(steps))
-    return n / (time.perf_counter() - t0)
-
-
-def bench_loader(data: str, *, bands: Sequence[int] = (96, 160, 224), magnitude: float = 9.0, batch: int = 64,
-                 threads: int = 2, resolution: int = 224, rounds: int = 3, steps: int = 4, warmup: int = 3,
-                 device: str = "cpu", reference: bool = True) -> dict[str, Any]:
-    """Images/sec of (a) ours, (b) ours with the resize approximation, (c) the reference loader,
-    (d) decoding alone, (e) our decode + random crop + resize (+ flip) alone and (f) our whole
-    loader without augmentation (float CHW batches at R), interleaved round by round in this
-    one process; medians of the rounds."""
-    import torch
-
-    from .sources import open_source
-
-    torch.set_num_threads(threads)
-    source = open_source(data, "train")
-    files = [r.path for r in source.records]
-    samples = [(r.path, r.label) for r in source.records]
-    gpu = "gpu" if device == "cuda" else "cpu"
-    shared = {"decode_only": _cycle_decode_only(files, batch=batch, threads=threads, device=gpu),
-              "decode_crop_resize": _cycle_decode_crop_resize(source, resolution=resolution, batch=batch,
-                                                              threads=threads, device=gpu),
-              "ours_no_augment": _cycle_curriculum_loader(source, resolution, 0.0, resolution=resolution, batch=batch,
-                                                          threads=threads, randaugment=False, device=device)}
-    per_band = {}
-    for band in bands:
-        per_band[band] = {
-            "ours": _cycle_curriculum_loader(source, band, magnitude, resolution=resolution, batch=batch,
-                                             threads=threads, device=device),
-            "ours_resize": _cycle_curriculum_loader(source, band, magnitude, resolution=resolution, batch=batch,
-                                                    threads=threads, lowpass="resize", device=device),
-        }
-        if reference:
-            per_band[band]["reference"] = _cycle_reference_loader(samples, band, magnitude, resolution=resolution,
-                                                                  batch=batch, workers=threads)
-    every = list(shared.items()) + [((band, k), it) for band, d in per_band.items() for k, it in d.items()]
-    for _, it in every:
-        for _ in range(warmup):
-            next(it)
-    samples_by: dict[Any, list[float]] = {key: [] for key, _ in every}
-    for _ in range(rounds):
-        for key, it in every:
-            samples_by[key].append(_rate(it, steps))
-    med = {key: statistics.median(v) for key, v in samples_by.items()}
-    rows = []
-    for band in bands:
-        row = {"band": band, "magnitude": magnitude, "ours": round(med[(band, "ours")], 1),
-               "ours_resize": round(med[(band, "ours_resize")], 1),
-               "reference": round(med[(band, "reference")], 1) if reference else None,
-               "decode_only": round(med["decode_only"], 1)}
-        row["ratio_vs_reference"] = round(row["ours"] / row["reference"], 3) if reference else None
-        row["ratio_vs_decode"] = round(row["ours"] / row["decode_only"], 3)
-        row["ratio_resize_vs_reference"] = round(row["ours_resize"] / row["reference"], 3) if reference else None
-        rows.append(row)
-    no_aug = {"images_per_s": round(med["ours_no_augment"], 1),
-              "ratio_vs_decode": round(med["ours_no_augment"] / med["decode_only"], 3),
-              "decode_crop_resize_images_per_s": round(med["decode_crop_resize"], 1),
-              "decode_crop_resize_ratio_vs_decode": round(med["decode_crop_resize"] / med["decode_only"], 3)}
-    return {"bands": rows, "no_augment": no_aug, "threads": threads, "batch": batch, "resolution": resolution,
-            "device": device, "images": len(source), "rounds": rounds, "steps_per_round": steps,
-            "peak_rss_mb_all_loaders": round(peak_rss_mb(), 1)}
-
-
-def loader_peak_rss(data: str, *, band: int, magnitude: float, batch: int, threads: int, resolution: int,
-                    steps: int = 30, device: str = "cpu") -> float:
-    """Peak RSS (MiB) of a process that runs only our loader for ``steps`` batches."""
-    import subprocess
-
-    code = ("from etpp_dali.benchmark import _cycle_curriculum_loader as c, peak_rss_mb; "
-            f"it = c({str(data)!r}, {band}, {magnitude}, resolution={resolution}, batch={batch}, threads={threads}, "
-            f"device={device!r}); [next(it) for _ in range({steps})]; print(peak_rss_mb())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return round(float(out.stdout.strip().splitlines()[-1]), 1)
-
-
-# -------------------------------------------------------------------------------- train
-def _time_to(history: Sequence[dict[str, Any]], top1: float) -> float | None:
-    """Wall-clock seconds at the first evaluation reaching ``top1`` (None if never)."""
-    for row in history:
-        if row.get("top1") is not None and row["top1"] >= top1:
-            return row["time"]
-    return None
-
-
-def bench_train(base: Any, output: str | Path) -> dict[str, Any]:
-    """EfficientTrain++ and the full-resolution baseline, same trainer, data and seed, one after
-    the other in this process; evaluation every epoch so time-to-accuracy can be read."""
-    from .trainer import Trainer
-
-    runs: dict[str, Any] = {}
-    for name, overrides in (("etpp", {}), ("baseline", {"baseline": True})):
-        cfg = _replace(base, output=str(Path(output) / name), val_every=1, **overrides)
-        trainer = Trainer(cfg)
-        try:
-            summary = trainer.run()
-        finally:
-            trainer.close()
-        runs[name] = {"summary": summary, "history": trainer.history}
-    target = runs["baseline"]["summary"]["top1"]
-    rows = []
-    for name in ("etpp", "baseline"):
-        s, hist = runs[name]["summary"], runs[name]["history"]
-        rows.append({"run": name, "schedule": s["schedule"], "epochs": s["epochs_done"], "wall_s": s["wall_s"],
-                     "images_seen": sum(r["images"] for r in hist), "top1": s["top1"], "top5": s["top5"],
-                     "relative_compute": s["relative_compute"],
-                     "time_to_baseline_top1_s": _time_to(hist, target) if target is not None else None,
-                     "stall_by_stage": [{k: st[k] for k in ("stage", "band", "stall_fraction", "images_per_s")}
-                                        for st in s["stages"] if st["done"]]})
-    et_row, base_row = rows
-    reach = et_row["time_to_baseline_top1_s"]
-    return {
-        "runs": rows,
-        "wall_speedup": round(base_row["wall_s"] / et_row["wall_s"], 3) if et_row["wall_s"] else None,
-        "compute_speedup": round(base_row["relative_compute"] / et_row["relative_compute"], 3),
-        "time_to_accuracy_speedup": round(base_row["wall_s"] / reach, 3) if reach else None,
-        "curves": {name: [(r["time"] / 60, r["top1"]) for r in runs[name]["history"] if r.get("top1") is not None]
-                   for name in runs},
-    }
-
-
-def _replace(cfg: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 # ------------------------------------------------------------------------------- outputs

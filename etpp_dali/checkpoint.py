@@ -1,7 +1,8 @@
 """Checkpoints of a run: written atomically, read back with their checks, and the RNG states.
 
 ``last.pt`` holds everything a run needs to continue (model, optimiser, scaler, EMA, loader
-position, RNG states, schedule position, metrics history, a partly done epoch's sums); it is
+position, RNG states, schedule position, metrics history, a partly done epoch's sums, and the
+band a Swin's weights are set for, as its tables have that band's shapes); it is
 written with :func:`etpp_dali.files.save_with` (a temporary file, flushed, then renamed), so a
 ``kill -9`` at any moment leaves the last good checkpoint in place. Reading uses
 ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain data only.
@@ -44,10 +45,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
+    """Restore what :func:`rng_state` returned. A run saved with more GPUs than are visible now
+    restores the states of the GPUs there are (one per device, in order)."""
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]

@@ -12,7 +12,7 @@ import torch
 from .parallel import usable_cores
 from .recipe import RecipeError
 
-__all__ = ["agree_any", "broadcast_from_rank0", "init_from_env", "is_distributed", "is_rank0",
+__all__ = ["agree_any", "broadcast_from_rank0", "cuda_index_for_rank", "init_from_env", "is_distributed", "is_rank0",
            "sum_over_ranks", "threads_per_process", "train_device", "world_size"]
 
 
@@ -44,13 +44,22 @@ def train_device(name: str, amp: str) -> torch.device:
     except (ValueError, RuntimeError) as exc:
         raise RecipeError(f"--device {name}: {exc}") from None
     if device.type == "cuda" and is_distributed():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device("cuda", cuda_index_for_rank(local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     if amp == "fp16" and device.type != "cuda":
         raise RecipeError("--amp fp16 needs a CUDA GPU; use --amp bf16 or off on the CPU")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes are fixed within a stage: tune once a stage
     return device
+
+
+def cuda_index_for_rank(local_rank: int, visible: int) -> int:
+    """The visible GPU of the process of ``local_rank``: itself when every GPU is visible, 0 when
+    the launcher shows each process its own GPU (CUDA_VISIBLE_DEVICES per process)."""
+    if visible < 1:
+        raise RecipeError("--device cuda: no CUDA GPU is visible to this process; check CUDA_VISIBLE_DEVICES")
+    return local_rank % visible
 
 
 def threads_per_process(threads: int | None, device: torch.device) -> int:

@@ -10,13 +10,14 @@ recipes) or ``warmup_fraction`` of the budget (DeiT: 0.2).
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any, Mapping
 
 import torch
 
 from .curriculum import Curriculum
-from .models import unwrap_model
+from .models import ResizedTable, adapt_model_to_band, unwrap_model, wrap_for_ranks
 from .recipe import TrainConfig
 
 __all__ = ["Optimisation"]
@@ -24,7 +25,10 @@ __all__ = ["Optimisation"]
 
 class Optimisation:
     """AdamW (timm's, linear LR scaling), cross-entropy with label smoothing or mixup/cutmix soft
-    targets, an fp16 gradient scaler, an EMA of the weights, gradient clipping, and the LR schedule."""
+    targets, an fp16 gradient scaler, an EMA of the weights, gradient clipping, and the LR schedule.
+
+    ``model`` is what a step runs (the DDP wrapper under DDP); :meth:`set_band` may replace the
+    wrapper, never the module inside it, so read it from here rather than keep a copy."""
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, curriculum: Curriculum, num_classes: int,
                  device: torch.device) -> None:
@@ -35,8 +39,10 @@ class Optimisation:
         self.model = model
         self.device = device
         self.lr = cfg.learning_rate(cfg.batch_size)
+        # fused on a GPU: one kernel for all parameters, and the fp16 scaler's inf check stays on the device
         self.optimizer = timm.optim.create_optimizer_v2(unwrap_model(model), "adamw", lr=self.lr,
-                                                        weight_decay=cfg.weight_decay)
+                                                        weight_decay=cfg.weight_decay,
+                                                        fused=True if device.type == "cuda" else None)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
         self.ema = ModelEmaV3(unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
         self.mixup, self.criterion = _loss(cfg, num_classes)
@@ -64,8 +70,33 @@ class Optimisation:
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        """One optimiser step on a batch; returns the batch's loss."""
+    def set_band(self, band: int) -> None:
+        """Set the model for ``band``. Where that resizes parameters (a Swin's relative-position
+        tables, resized in place), their optimiser state is resized the same way, the EMA copy
+        follows, and a DDP wrapper is rebuilt around the same module (its buckets have the old shapes)."""
+        resized = adapt_model_to_band(self.model, band)
+        if not resized:
+            return
+        _resize_optimizer_state(self.optimizer, resized)
+        if self.ema is not None:
+            adapt_model_to_band(self.ema.module, band)
+        if self.model is not unwrap_model(self.model):
+            # The old wrapper must be gone before the new one is built: its reducer holds each
+            # table's gradient accumulator, which checks gradients against the old shape.
+            self.model = unwrap_model(self.model)
+            gc.collect()  # in case the wrapper sits in a reference cycle
+            self.model = wrap_for_ranks(self.model, self.device)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch; returns the batch's mean loss, still on the device
+        (reading it would make the host wait for the step to finish)."""
+        loss = self.backward(images, labels)
+        self.optimizer_step()
+        return loss
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of a batch (mixup, AMP, loss scaling); gradients add up in the
+        parameters until :meth:`optimizer_step`. Returns the detached loss."""
         targets = labels
         if self.mixup is not None:
             if len(images) % 2:  # timm's batch mixup needs an even batch
@@ -73,21 +104,23 @@ class Optimisation:
             images, targets = self.mixup(images, labels)
         with self.autocast():
             loss = self.criterion(self.model(images), targets)
-        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return loss.detach()
+
+    def optimizer_step(self) -> None:
+        """Clip, step the optimiser on the gradients gathered, clear them, update the EMA."""
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if self.cfg.clip_grad:
                 self.scaler.unscale_(self.optimizer)
             self._clip_gradients()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self._clip_gradients()
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(unwrap_model(self.model))
-        return float(loss.detach())
 
     def _clip_gradients(self) -> None:
         if self.cfg.clip_grad:
@@ -105,6 +138,17 @@ class Optimisation:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema and state["ema"]:
             self.ema.module.load_state_dict(state["ema"])
+
+
+def _resize_optimizer_state(optimizer: torch.optim.Optimizer, resized: list[ResizedTable]) -> None:
+    """Resize the per-parameter state (Adam's moments) of each resized table as the table was
+    resized; a state that held no negative value (a second moment) is kept >= 0."""
+    for table in resized:
+        state = optimizer.state.get(table.param, {})
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() and value.shape != table.param.shape:
+                new = table.resize(value)
+                state[key] = new.clamp_(min=0) if bool((value >= 0).all()) else new
 
 
 def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Any, torch.nn.Module]:

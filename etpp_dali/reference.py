@@ -1,6 +1,6 @@
 """The EfficientTrain++ reference CPU loader, for side-by-side benchmarks.
 
-What the reference code does (METHOD.md sections 2 and 9): a torch ``DataLoader`` with worker
+What the reference code does: a torch ``DataLoader`` with worker
 processes, timm's ``create_transform`` at the full resolution R with
 ``rand-m{m}-mstd0.5-inc1`` and bicubic interpolation, then a Lanczos resize to the band B in
 place of the Fourier crop, then ``ToTensor`` and normalisation.
@@ -16,32 +16,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["ReferenceDataset", "install_posterize_guard", "reference_loader", "reference_transform"]
+__all__ = ["ReferenceDataset", "guarded_posterize", "install_posterize_guard", "reference_loader", "reference_transform"]
 
 _GUARDED = False
 
 
+def guarded_posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize (``ImageOps.posterize`` below 8 bits), with 0 bits giving black as Pillow
+    12 did. A module-level function, so transforms that hold it pickle into spawned workers."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked away: black
+    return ImageOps.posterize(img, bits_to_keep)
+
+
 def install_posterize_guard() -> None:
-    """Make timm's posterize accept 0 bits (all black, as Pillow < 13 did)."""
+    """Make timm's posterize accept 0 bits (all black, as Pillow < 13 did); transforms built
+    afterwards use :func:`guarded_posterize`."""
     global _GUARDED
     if _GUARDED:
         return
-    from PIL import Image
     from timm.data import auto_augment
 
-    original = auto_augment.posterize
-
-    def posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
-        if bits_to_keep >= 8:
-            return img
-        if bits_to_keep <= 0:
-            return Image.new(img.mode, img.size)  # every bit masked away: black
-        return original(img, bits_to_keep, **kwargs)
-
-    auto_augment.posterize = posterize
-    auto_augment.NAME_TO_OP["Posterize"] = posterize
-    auto_augment.NAME_TO_OP["PosterizeIncreasing"] = posterize
-    auto_augment.NAME_TO_OP["PosterizeOriginal"] = posterize
+    auto_augment.posterize = guarded_posterize
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[name] = guarded_posterize
     _GUARDED = True
 
 
@@ -66,9 +68,10 @@ def reference_transform(resolution: int, band: int, magnitude: float,
 
 
 class ReferenceDataset:
-    """(path, label) pairs read with PIL, as torchvision's ImageFolder does."""
+    """(path, label) pairs read with PIL, as torchvision's ImageFolder does. ``transform`` may be
+    set later (timm's ``create_loader`` sets its own)."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Any) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Any = None) -> None:
         self.samples = list(samples)
         self.transform = transform
 
@@ -85,8 +88,10 @@ class ReferenceDataset:
 
 
 def reference_loader(samples: Sequence[tuple[str | Path, int]], *, resolution: int, band: int,
-                     magnitude: float, batch_size: int, workers: int, seed: int = 0) -> Any:
-    """The reference ``DataLoader`` (shuffled, ``workers`` processes, persistent)."""
+                     magnitude: float, batch_size: int, workers: int, seed: int = 0,
+                     pin_memory: bool = False) -> Any:
+    """The reference ``DataLoader`` (shuffled, ``workers`` processes, persistent; pinned batches
+    with ``pin_memory``, for a copy to a GPU)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -95,8 +100,4 @@ def reference_loader(samples: Sequence[tuple[str | Path, int]], *, resolution: i
     gen = torch.Generator()
     gen.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                      persistent_workers=workers > 0, generator=gen, worker_init_fn=_worker_guard)
-
-
-def _worker_guard(_: int) -> None:
-    install_posterize_guard()  # workers started with spawn re-import timm
+                      persistent_workers=workers > 0, generator=gen, pin_memory=pin_memory)

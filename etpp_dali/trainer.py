@@ -14,7 +14,8 @@ that survive a ``kill -9`` at any moment:
 The rooms around the loop: the settings (:mod:`etpp_dali.recipe`), the data
 (:mod:`etpp_dali.train_data`), the model and its band rules (:mod:`etpp_dali.models`), the
 optimiser and LR schedule (:mod:`etpp_dali.optimisation`), checkpoints, processes and devices
-(:mod:`etpp_dali.distributed`) and ``summary.json`` (:mod:`etpp_dali.run_summary`).
+(:mod:`etpp_dali.distributed`), evaluation (:mod:`etpp_dali.evaluation`) and ``summary.json``
+(:mod:`etpp_dali.run_summary`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import torch
 
 from .checkpoint import checkpoint_to_resume, read_checkpoint, rng_state, seed_all, set_rng_state, write_checkpoint
 from .curriculum import Stage
-from .distributed import agree_any, is_rank0, sum_over_ranks, threads_per_process, train_device, world_size
+from .distributed import agree_any, is_distributed, is_rank0, threads_per_process, train_device, world_size
+from .evaluation import evaluate
 from .files import write_text_atomic
-from .models import adapt_model_to_band, build_model, unwrap_model
+from .models import build_model, model_band, unwrap_model
 from .optimisation import Optimisation
 from .recipe import RecipeError, TrainConfig, load_recipe
 from .run_summary import summarize
@@ -41,11 +43,14 @@ from .train_data import open_train_data
 
 __all__ = ["TrainConfig", "RecipeError", "Trainer", "load_recipe", "train"]
 
+# Steps between reads of values kept on the device (the progress bar's loss, the ranks' stop
+# vote): each read makes the host wait for the GPU, which then runs dry until the host queues more.
+SYNC_EVERY = 20
 _TENSORBOARD_KEYS = ("loss", "lr", "images_per_s", "data_wait", "band", "magnitude", "top1", "top5", "ema_top1")
 
 
 class Trainer:
-    """Runs one training job from a :class:`TrainConfig`: the epoch loop, evaluation, the metrics
+    """Runs one training job from a :class:`TrainConfig`: the epoch loop, checkpoints, the metrics
     log and the stop signals."""
 
     def __init__(self, cfg: TrainConfig, resume: str | bool | None = None) -> None:
@@ -61,13 +66,18 @@ class Trainer:
         self.data_root, self.num_classes = data.root, data.num_classes
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
         seed_all(cfg.seed)
-        self.model, self.memory_format = build_model(cfg, self.curriculum, self.num_classes, self.device)
-        self.optim = Optimisation(cfg, self.model, self.curriculum, self.num_classes, self.device)
+        model, self.memory_format = build_model(cfg, self.curriculum, self.num_classes, self.device)
+        self.optim = Optimisation(cfg, model, self.curriculum, self.num_classes, self.device)
         self.history: list[dict[str, Any]] = []
         self.tb = self._tensorboard() if cfg.tensorboard and self.rank0 else None
         self.elapsed = 0.0
         self.stop_requested = False
         self.interrupted = False
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model a step runs (its DDP wrapper under DDP, rebuilt at a band that resizes it)."""
+        return self.optim.model
 
     def _tensorboard(self) -> Any:
         try:
@@ -82,7 +92,8 @@ class Trainer:
         cur, loader = self.curriculum, self.train_loader
         return {"config": dataclasses.asdict(self.cfg),
                 "schedule": cur.state_dict(cur.position(min(loader.epoch, cur.total_epochs), loader.step)),
-                "model": unwrap_model(self.model).state_dict(), **self.optim.state_dict(),
+                "model": unwrap_model(self.model).state_dict(), "band": model_band(self.model),
+                **self.optim.state_dict(),
                 "loader": loader.state_dict(), "rng": rng_state(), "history": self.history,
                 "partial": partial, "elapsed": self.elapsed}
 
@@ -93,7 +104,13 @@ class Trainer:
     def load(self, path: Path) -> dict[str, Any] | None:
         """Restore everything from ``path``; returns the partial-epoch sums, if any."""
         ckpt = read_checkpoint(path, self.cfg.model, self.curriculum)
-        unwrap_model(self.model).load_state_dict(ckpt["model"])
+        if ckpt.get("band") is not None:  # the weights' band (a Swin's tables have its shapes)
+            self.optim.set_band(ckpt["band"])
+        try:
+            unwrap_model(self.model).load_state_dict(ckpt["model"])
+        except RuntimeError as exc:  # torch lists every mismatch, one a line: name the last
+            raise RecipeError(f"--resume {path}: its weights do not fit --model {self.cfg.model} "
+                              f"({str(exc).strip().splitlines()[-1].strip()})") from None
         self.optim.load_state_dict(ckpt)
         self.train_loader.load_state_dict(ckpt["loader"])
         set_rng_state(ckpt["rng"])
@@ -107,7 +124,7 @@ class Trainer:
             return
         cur = self.curriculum
         write_checkpoint({"config": dataclasses.asdict(self.cfg), "schedule": cur.state_dict(cur.position(stage.end_epoch)),
-                          "model": unwrap_model(self.model).state_dict(),
+                          "model": unwrap_model(self.model).state_dict(), "band": model_band(self.model),
                           "ema": self.optim.ema.module.state_dict() if self.optim.ema else None,
                           "history": self.history}, self.out / f"stage{stage.index}.pt")
 
@@ -123,25 +140,6 @@ class Trainer:
                     self.tb.add_scalar(key, row[key], global_step=row["epoch"])
             self.tb.flush()
 
-    # -------------------------------------------------------------------------- eval
-    @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Top-1, top-5 and loss on the validation set at full resolution, over all ranks."""
-        model.eval()
-        adapt_model_to_band(model, self.curriculum.resolution)
-        counts = torch.zeros(4, dtype=torch.float64)  # top1, top5, loss sum, n
-        for images, labels in self.val_loader:
-            with self.optim.autocast():
-                logits = model(images).float()
-            t1, t5 = _accuracy(logits, labels)
-            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
-            counts += torch.tensor([t1, t5, float(loss), len(labels)], dtype=torch.float64)
-        counts = sum_over_ranks(counts, self.device)
-        model.train()
-        n = max(counts[3].item(), 1.0)
-        return {"top1": 100.0 * counts[0].item() / n, "top5": 100.0 * counts[1].item() / n,
-                "val_loss": counts[2].item() / n, "val_images": int(counts[3].item())}
-
     # ------------------------------------------------------------------------ signals
     def _handle_signals(self) -> None:
         def request_stop(signum: int, frame: Any) -> None:
@@ -149,8 +147,12 @@ class Trainer:
 
         self._old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def _should_stop(self) -> bool:
-        """The stop flag, agreed by every rank (they must stop at the same step)."""
+    def _should_stop(self, step: int, steps: int) -> bool:
+        """The stop flag after ``step`` of ``steps``, agreed by every rank (they must stop at the
+        same step). Under DDP the vote is a collective and a host sync, so the ranks hold it every
+        SYNC_EVERY steps and at the epoch's last."""
+        if is_distributed() and step % SYNC_EVERY and step < steps:
+            return False
         self.stop_requested = agree_any(self.stop_requested, self.device)
         return self.stop_requested
 
@@ -183,26 +185,30 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, stage: Stage, partial: dict[str, Any] | None) -> dict[str, Any]:
         """Train data epoch ``epoch`` from the loader's position (a resumed one continues); returns
-        the epoch's running sums (loss, images, seconds, seconds waiting for data)."""
+        the epoch's running sums (loss, images, seconds, seconds waiting for data). The loss adds
+        up on the device; the host reads it for the progress bar every SYNC_EVERY steps and once at the end."""
         loader = self.train_loader
         loader.set_epoch(epoch)
-        adapt_model_to_band(self.model, stage.band)
-        sums = partial or {"loss_sum": 0.0, "seen": 0, "time": 0.0, "wait": 0.0}
+        self.optim.set_band(stage.band)
+        sums = dict(partial or {"loss_sum": 0.0, "seen": 0, "time": 0.0, "wait": 0.0})
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         steps = loader.batches_in_epoch(epoch)
         bar = self._progress_bar(epoch, steps, loader.step)
         t_epoch, wait0 = time.perf_counter(), loader.wait_seconds
         for images, labels in loader:
             self.optim.set_lr(self.curriculum.compute_fraction(epoch, loader.step - 1, steps))
-            loss = self.optim.step(images, labels)
-            sums["loss_sum"] += loss * len(labels)
+            loss_sum.add_(self.optim.step(images, labels), alpha=len(labels))
             sums["seen"] += len(labels)
-            rate = sums["seen"] / max(1e-9, sums["time"] + time.perf_counter() - t_epoch)
-            bar.set_postfix(img_s=f"{rate:.0f}", loss=f"{loss:.3f}", band=stage.band, m=f"{stage.magnitude:g}",
-                            stage=stage.index, refresh=False)
             bar.update(1)
-            if self._should_stop():
+            if not bar.disable and loader.step % SYNC_EVERY == 0:
+                seconds = sums["time"] + time.perf_counter() - t_epoch
+                bar.set_postfix(img_s=f"{sums['seen'] / max(1e-9, seconds):.0f}",
+                                loss=f"{(sums['loss_sum'] + float(loss_sum)) / sums['seen']:.3f}", band=stage.band,
+                                m=f"{stage.magnitude:g}", stage=stage.index, refresh=False)
+            if self._should_stop(loader.step, steps):
                 break
         bar.close()
+        sums["loss_sum"] += float(loss_sum)
         spent = time.perf_counter() - t_epoch
         sums["time"] += spent
         sums["wait"] += loader.wait_seconds - wait0
@@ -235,17 +241,19 @@ class Trainer:
             "compute_fraction": cur.compute_fraction(epoch + 1), "time": self.elapsed,
         }
         if epoch == cur.total_epochs - 1 or (epoch + 1) % self.cfg.val_every == 0:
-            row.update(self.evaluate(self.model))
+            row.update(self._evaluate(self.model))
             if self.optim.ema is not None:
-                ema = self.evaluate(self.optim.ema.module)
+                ema = self._evaluate(self.optim.ema.module)
                 row.update({f"ema_{k}": v for k, v in ema.items() if k != "val_images"})
-            adapt_model_to_band(self.model, stage.band)
         self.history.append(row)
         self.save("last.pt")
         if epoch + 1 == stage.end_epoch:
             self._save_stage_weights(stage)
         self._write_metrics()
         return row
+
+    def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        return evaluate(model, self.val_loader, self.curriculum.resolution, self.optim.autocast, self.device)
 
     def _print_epoch(self, row: dict[str, Any]) -> None:
         """A log file (stderr not a terminal) gets one line an epoch instead of a bar."""
@@ -265,13 +273,6 @@ class Trainer:
         self.train_loader.close()
         if self.tb is not None:
             self.tb.close()
-
-
-def _accuracy(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """Hits in the top-k for each k (with fewer than 5 classes, top-5 is the top of all)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top.eq(target[:, None])
-    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
 
 
 def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict[str, Any]:

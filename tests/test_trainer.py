@@ -307,3 +307,97 @@ def test_drop_path_scales_by_the_schedule_kind_not_its_name(tmp_path):
     model, _ = build_model(cfg, cfg.curriculum(), num_classes=3, device=torch.device("cpu"))
     probs = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
     assert probs and max(probs) == pytest.approx(0.2)
+
+
+_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
+_STEP_CODE = ("trainer.py", "optimisation.py", "models.py")
+
+
+def test_an_epoch_reads_the_device_once_and_ranks_vote_every_sync_every_steps(demo_root, tmp_path, monkeypatch):
+    """Each read of a device value makes the host wait for the GPU: the loss adds up on the
+    device and is read once an epoch; under DDP the stop vote (a collective) is held every
+    SYNC_EVERY steps and at the epoch's last, not every step."""
+    import etpp_dali.trainer as trainer_module
+
+    trainer = Trainer(tiny(demo_root, tmp_path, batch_size=4))
+    steps = trainer.train_loader.batches_in_epoch(0)
+    assert steps == 24
+    losses, reads, votes = [], [], []
+    real_step = trainer.optim.step
+
+    def step(images, labels):
+        loss = real_step(images, labels)
+        losses.append((loss.clone(), len(labels)))
+        return loss
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args):
+            if sys._getframe(1).f_code.co_filename.endswith(_STEP_CODE):
+                reads.append(name)
+            return original(self, *args)
+        return read
+
+    trainer.optim.step = step
+    monkeypatch.setattr(trainer_module, "SYNC_EVERY", 10)
+    monkeypatch.setattr(trainer_module, "is_distributed", lambda: True)
+    monkeypatch.setattr(trainer_module, "agree_any", lambda flag, device: votes.append(trainer.train_loader.step) or flag)
+    try:
+        for name in _READS:
+            monkeypatch.setattr(torch.Tensor, name, counting(name))
+        sums = trainer._train_epoch(0, trainer.curriculum.stage_at(0), None)
+        monkeypatch.undo()
+    finally:
+        trainer.close()
+    assert reads == ["__float__"]  # the epoch's loss sum, once
+    assert votes == [10, 20, 24]
+    assert sums["seen"] == 96
+    mean = sum(float(loss) * n for loss, n in losses) / sum(n for _, n in losses)
+    assert sums["loss_sum"] / sums["seen"] == pytest.approx(mean, rel=1e-6)
+
+
+def test_eval_counts_hits_and_loss_on_the_device():
+    from etpp_dali.evaluation import eval_counts
+
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, -1.0, -2.0],   # label 1: top-1
+                           [5.0, 0.0, 4.0, 3.0, 2.0, 1.0],     # label 2: top-5, not top-1
+                           [5.0, 0.0, 4.0, 3.0, 2.0, 1.0]])    # label 1: last, outside the top 5
+    labels = torch.tensor([1, 2, 1])
+    counts = eval_counts(logits, labels)
+    assert counts.dtype == torch.float64 and counts[:2].tolist() == [1.0, 2.0]
+    loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    assert counts[2].item() == pytest.approx(loss.item())
+    few = eval_counts(logits[:, :3], labels)  # fewer than 5 classes: top-5 is the top of all
+    assert few[1].item() == 3.0
+
+
+def test_rng_states_of_more_gpus_than_are_visible_restore_those_there_are(monkeypatch):
+    from etpp_dali import checkpoint
+
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]  # saved on 4 GPUs
+    restored = []
+
+    def set_state(new_state, device="cuda"):
+        index = device if isinstance(device, int) else (torch.device(device).index or 0)
+        if index >= 2:
+            raise IndexError("list index out of range")  # what torch raises for a GPU not there
+        restored.append((index, int(new_state[0])))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_state)  # what set_rng_state_all calls
+    checkpoint.set_rng_state(state)
+    assert restored == [(0, 0), (1, 1)]
+
+
+def test_a_rank_maps_onto_the_gpus_it_can_see():
+    from etpp_dali.distributed import cuda_index_for_rank
+
+    assert [cuda_index_for_rank(rank, 8) for rank in range(8)] == list(range(8))  # torchrun: every GPU visible
+    assert [cuda_index_for_rank(rank, 1) for rank in range(4)] == [0, 0, 0, 0]    # one visible GPU per process
+    assert cuda_index_for_rank(5, 4) == 1
+    with pytest.raises(RecipeError, match="CUDA_VISIBLE_DEVICES"):
+        cuda_index_for_rank(0, 0)
