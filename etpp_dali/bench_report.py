@@ -92,9 +92,9 @@ def loader_tables(doc: dict[str, Any]) -> str:
 def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
     """Two panels: images/sec per band (bars, whiskers: min-max of the rounds) and ours divided
     by each peer per band."""
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     bands = doc["settings"]["bands"]
     names = _measured(doc, DEFAULT_LOADERS)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
@@ -121,7 +121,7 @@ def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
     _band_axis(bottom, bands, width, len(peers), "ours / peer")
     if peers:
         bottom.legend(fontsize=7, ncol=2)
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     plt.close(fig)
     return out
 

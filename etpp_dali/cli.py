@@ -37,19 +37,40 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of band and magnitude against the compute fraction.")
+@click.option("--measure", is_flag=True,
+              help="Time --model and the loader at each band here; predict each stage's wall-clock.")
+@click.option("--model", default=None, help="With --measure: the timm model to time.")
+@click.option("--device", default="auto", show_default=True, help="With --measure: cpu or cuda.")
+@click.option("--data", default=None, help="With --measure: the data the loader reads (default: the demo set).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="With --measure: batch per step.")
+@click.option("--baseline-budget", type=float, default=None,
+              help="Epochs of the baseline the speed-ups are against (default: the schedule's; 300 for presets).")
 def schedule(preset: str, family: str, budget: float | None, resolution: int | None, replay: bool,
-             as_json: bool, plot: str | None) -> None:
-    """Print a curriculum: per stage its band, magnitude, replay and data epochs; then the totals."""
+             as_json: bool, plot: str | None, measure: bool, model: str | None, device: str, data: str | None,
+             batch_size: int, baseline_budget: float | None) -> None:
+    """Print a curriculum: per stage its band, magnitude, replay and data epochs; then the totals.
+    With --measure, also the wall-clock predicted from timings on this machine."""
     try:
-        cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay)
+        cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay,
+                                 baseline_budget=baseline_budget)
     except ScheduleError as exc:
         _fail(str(exc))
-    summary = cur.summary()
+    summary = cur.summary(baseline_budget)
+    if measure:
+        from .measure import MeasureError, measure_schedule
+
+        try:
+            summary["measure"] = measure_schedule(cur, model=model, data=data, batch=batch_size, device=device,
+                                                  baseline_budget=baseline_budget)
+        except MeasureError as exc:
+            _fail(str(exc))
     if plot:
         from .plots import plot_schedule
 
         summary["plot"] = str(plot_schedule(cur, plot))
     if as_json:
+        if measure:
+            summary["measure"].pop("text")
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"{cur.name}: budget E = {cur.budget:g} ({'full-resolution epochs of compute' if cur.split == 'compute' else 'data epochs'}), "
@@ -67,6 +88,9 @@ def schedule(preset: str, family: str, budget: float | None, resolution: int | N
                f"baseline, speed-up {summary['speedup']:.2f}x")
     if plot:
         click.echo(f"plot written to {summary['plot']}")
+    if measure:
+        click.echo("")
+        click.echo(summary["measure"]["text"])
 
 
 @main.command("demo-data")
@@ -451,6 +475,73 @@ def _train_table(doc: dict) -> str:
     return (f"{table}\n\nwall-clock speed-up {doc['wall_speedup']}x, compute {doc['compute_speedup']}x, time to the "
             f"baseline's final top-1 ({doc['baseline_final_top1']}) {doc['time_to_accuracy_speedup']}x\n"
             f"per stage: images/sec and the loader's share of the step time (waiting for data)\n{stages}")
+
+
+_SEARCH_FLAGS = ("data", "val_split", "model", "resolution", "baseline_budget", "batch_size", "device", "seed",
+                 "threads")
+
+
+@main.command()
+@click.option("--recipe", default=None, help="Recipe for the training settings (default: the demo recipe, "
+              "or TrainConfig's defaults with --data).")
+@click.option("--model", default=None, help="Any timm model name.")
+@click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the demo set).")
+@click.option("--val-split", type=float, default=None, help="Hold out this fraction of train when there is no val/.")
+@click.option("--budget", type=float, default=None, help="Budget E in full-resolution epochs of compute "
+              "(default: the recipe's, else 200).")
+@click.option("--wall-clock-budget", type=float, default=None,
+              help="Budget in seconds on this machine instead (uses the per-band times measured here).")
+@click.option("--resolution", type=int, default=None, help="Full resolution R.")
+@click.option("--baseline-budget", type=float, default=None, help="Epochs of the baseline (for the speed-ups).")
+@click.option("--stages", type=int, default=10, show_default=True)
+@click.option("--candidates", default=None, help="Bands to try, in pixels at R (default: 96,128,160,192,224 "
+              "scaled to R).")
+@click.option("--proxy-fraction", type=float, default=0.5, show_default=True,
+              help="Share of the training set (and so of each run's cost) the proxy trains on.")
+@click.option("--tolerance", type=float, default=0.5, show_default=True,
+              help="Points of proxy top-1 a smaller band may lose against full resolution.")
+@click.option("--batch-size", type=int, default=None, help="Global batch size per step.")
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=None)
+@click.option("--threads", type=int, default=None, help="Data and torch threads.")
+@click.option("--output", default="runs/search", show_default=True,
+              help="Folder for the schedule, the trials and the cached proxy runs (rerun to resume).")
+@click.option("--dry-run", is_flag=True, help="Print the proxy cost and stop.")
+def search(recipe, budget, wall_clock_budget, stages, candidates, proxy_fraction, tolerance, output, dry_run,
+           **flags) -> None:
+    """Search the bands of a schedule stage by stage with short proxy trainings; write a schedule
+    file that `etpp train --preset FILE` takes."""
+    from .proxy import SearchInterrupted
+    from .search import SearchError, SearchSpace, run_search
+    from .trainer import RecipeError, TrainConfig, load_recipe
+
+    try:
+        values = load_recipe(find_recipe(recipe or "demo")) if (recipe or not flags.get("data")) else {}
+        values.update({k: v for k, v in flags.items() if v is not None})
+        cfg = TrainConfig(**values)
+        cfg.validate()
+        space = SearchSpace.create(resolution=cfg.resolution, stages=stages, tolerance=tolerance,
+                                   candidates=_int_list(candidates, "--candidates") if candidates else None)
+        train_args = (["--recipe", recipe] if recipe else []) + [
+            f"--{k.replace('_', '-')} {flags[k]}" for k in _SEARCH_FLAGS if flags.get(k) is not None]
+        result = run_search(cfg, space, output=output, budget=budget, wall_clock_budget=wall_clock_budget,
+                            proxy_fraction=proxy_fraction, dry_run=dry_run, train_args=train_args, log=click.echo)
+    except (SearchError, RecipeError, ScheduleError) as exc:
+        _fail(str(exc))
+    except SearchInterrupted as exc:
+        click.echo(f"etpp: {exc}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("etpp: interrupted; run the same command again to resume the search", err=True)
+        sys.exit(130)
+    if result.get("dry_run"):
+        return
+    click.echo("")
+    click.echo(result["table"])
+    click.echo(f"\nchosen bands {', '.join(map(str, result['bands']))}: proxy top-1 {result['top1']:.2f}% "
+               f"(all at full resolution {result['reference_top1']:.2f}%)")
+    click.echo(f"schedule: {result['schedule_file']}; trials: {result['trials_file']}; plot: {result['plot']}")
+    click.echo(f"train it: {result['command']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,6 +117,7 @@ def inspect_image(source: str | Path | bytes, deep: bool = False) -> tuple[str, 
     the file.
     """
     from PIL import Image, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     if isinstance(source, (bytes, bytearray)):
         size = len(source)
@@ -138,6 +139,8 @@ def inspect_image(source: str | Path | bytes, deep: bool = False) -> tuple[str, 
                 tail = f.read()
     except UnidentifiedImageError:
         raise DataError("not an image (unrecognised content)") from None
+    except DecompressionBombError as exc:  # a header claiming a huge size: refuse, never decode
+        raise DataError(f"too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"unreadable header ({exc})") from None
     if fmt not in DECODABLE_FORMATS:

@@ -9,7 +9,7 @@ from .curriculum import Curriculum
 from .files import atomic_path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
@@ -18,7 +18,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
     """Write atomically: a half-written PNG never replaces a good one."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -40,7 +40,7 @@ def _stage_steps(curriculum: Curriculum) -> tuple[list[float], list[int], list[f
 
 def plot_schedule(curriculum: Curriculum, path: str | Path) -> Path:
     """Band and magnitude against the compute fraction, each stage labelled with its data epochs."""
-    plt = _pyplot()
+    plt = pyplot()
     edges, bands, mags = _stage_steps(curriculum)
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.stairs(bands, edges, color="tab:blue", linewidth=2, label="band B (px)")
@@ -58,7 +58,7 @@ def plot_schedule(curriculum: Curriculum, path: str | Path) -> Path:
     ax.set_title(f"{curriculum.name}: E = {curriculum.budget:g}, R = {curriculum.resolution}, "
                  f"{curriculum.total_epochs} data epochs, {curriculum.speedup():.2f}x less compute")
     fig.legend(loc="lower right", bbox_to_anchor=(0.88, 0.15))
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     plt.close(fig)
     return out
 
@@ -69,7 +69,7 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path, title:
     ``records`` are the per-epoch rows of the metrics log (``time``, ``top1``, ``loss``, ``band``,
     ``magnitude``); rows without ``top1`` are epochs without evaluation.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     t = [r["time"] / 60 for r in records]
     evaluated = [(r["time"] / 60, r["top1"]) for r in records if r.get("top1") is not None]
@@ -87,7 +87,7 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path, title:
     mag_ax.set_ylabel("magnitude", color="tab:orange")
     if title:
         ax_acc.set_title(title)
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     plt.close(fig)
     return out
 
@@ -95,7 +95,7 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path, title:
 def plot_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]], path: str | Path,
               ylabel: str, title: str = "") -> Path:
     """Grouped bars: one group per x label, one bar per series."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
@@ -109,7 +109,7 @@ def plot_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]], path
 def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path,
                 xlabel: str, ylabel: str, title: str = "") -> Path:
     """Lines of (x, y) points, one per named run."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, points in curves.items():
         if points:
@@ -123,6 +123,6 @@ def _finish(plt: Any, fig: Any, ax: Any, path: str | Path, ylabel: str, title: s
     if title:
         ax.set_title(title)
     ax.legend()
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     plt.close(fig)
     return out

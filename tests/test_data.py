@@ -131,3 +131,13 @@ def test_png_checksums_and_deep_decode_catch_damage_inside_the_file(tmp_path, de
     assert "damaged image data" in deep["cut.tif"]
     with pytest.raises(DataError, match="damaged image data"):
         inspect_image(cut.read_bytes(), deep=True)
+
+
+def test_a_header_claiming_a_huge_image_is_a_bad_file_not_a_crash(tmp_path, monkeypatch):
+    # Pillow refuses images above twice MAX_IMAGE_PIXELS with DecompressionBombError; a lowered
+    # limit makes an ordinary JPEG trip it without writing a huge file
+    path = tmp_path / "bomb.jpg"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path, format="JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)
+    with pytest.raises(DataError, match="too large to decode safely"):
+        inspect_image(path)

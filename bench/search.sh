@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The schedule search on the embedded demo set (the demo recipe: resnet10t at R = 64, E = 12),
+# then its schedule, the ET++ preset at the same budget and the 18-epoch baseline, each trained
+# with the same trainer, recipe and seed. Issue 14 is done when the search ends within 15
+# minutes on 2 idle cores and the searched schedule's top-1 is not below the ET++ preset's nor
+# more than 1 point below the baseline's (both checks are in the JSON).
+# Usage: bench/search.sh [OUTDIR]
+set -euo pipefail
+out=${1:-bench/results}
+stamp=$(date +%Y%m%d)
+name="$out/search-demo-cpu-$stamp"
+work=$(mktemp -d)
+t0=$(date +%s.%N)
+etpp search --recipe demo --output "$work/search"
+t1=$(date +%s.%N)
+etpp train --recipe demo --preset "$work/search/schedule.yaml" --budget 12 --output "$work/searched" --no-progress
+etpp train --recipe demo --output "$work/etpp" --no-progress
+etpp train --recipe demo --baseline --output "$work/baseline" --no-progress
+cp "$work/search/search.png" "$name.png"
+cp "$work/search/schedule.yaml" "$name-schedule.yaml"
+python - "$work" "$name" "$t0" "$t1" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+from etpp_dali.benchmark import markdown_table, write_results
+from etpp_dali.files import write_text_atomic
+from etpp_dali.search import trials_table
+
+work, name, t0, t1 = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+search = json.loads((work / "search" / "search.json").read_text())
+runs = []
+for run in ("searched", "etpp", "baseline"):
+    s = json.loads((work / run / "summary.json").read_text())
+    runs.append({"run": run, "schedule": s["schedule"], "epochs": s["epochs_done"], "wall_s": s["wall_s"],
+                 "top1": s["top1"], "relative_compute": s["relative_compute"]})
+top1 = {r["run"]: r["top1"] for r in runs}
+doc = {"benchmark": "search", "search_wall_s": round(t1 - t0, 1), "bands": search["bands"],
+       "proxy_top1": search["top1"], "proxy_reference_top1": search["reference_top1"],
+       "proxy_runs": sum(1 for t in search["trials"] if t["status"] == "run"), "trials": search["trials"],
+       "runs": runs, "searched_not_below_etpp": top1["searched"] >= top1["etpp"],
+       "searched_within_1_point_of_baseline": top1["searched"] >= top1["baseline"] - 1.0}
+write_results(doc, f"{name}.json")
+table = markdown_table([{**r, "top1": f"{r['top1']:.1f}"} for r in runs],
+                       ["run", "schedule", "epochs", "wall_s", "top1", "relative_compute"])
+text = (f"search ({name}.json): {doc['search_wall_s']:.0f} s, {doc['proxy_runs']} proxy runs, bands "
+        f"{', '.join(map(str, doc['bands']))}\n\n{trials_table(search['trials'])}\n\n{table}\n\n"
+        f"searched not below ET++: {doc['searched_not_below_etpp']}; within 1 point of the baseline: "
+        f"{doc['searched_within_1_point_of_baseline']}\n")
+write_text_atomic(f"{name}.md", text)
+print(text)
+PY
