@@ -3,7 +3,6 @@ curriculum and validation loaders over them, each rank reading its own shard."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,15 @@ def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.devi
 
     root = _data_root(cfg)
     train_src, val_src = _open_splits(root, cfg)
-    if is_rank0() and train_src.bad:
-        print(f"etpp: {len(train_src.bad)} file(s) left out of training:\n{train_src.report_bad()}", file=sys.stderr)
     world = world_size()
     per_rank = cfg.batch_size // world
     if per_rank < 1:
         raise RecipeError(f"--batch-size {cfg.batch_size} is smaller than the {world} ranks")
     train_loader = CurriculumLoader(train_src, curriculum, per_rank, device=str(device), num_threads=threads,
                                     seed=cfg.seed, lowpass=cfg.lowpass, channels_last=cfg.channels_last,
-                                    verbose=False)
+                                    verbose=is_rank0())
     val_loader = ValidationLoader(val_src, curriculum.resolution, per_rank, device=str(device),
-                                  num_threads=threads, channels_last=cfg.channels_last)
+                                  num_threads=threads, channels_last=cfg.channels_last, verbose=is_rank0())
     return TrainData(root, train_loader, val_loader, len(train_src.classes))
 
 
