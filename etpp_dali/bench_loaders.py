@@ -299,11 +299,12 @@ def _stage_graph(cfg: Any, feed: Callable[[], tuple], depth: int):
     from nvidia.dali import fn
 
     from .dali_ops import apply_randaugment, lowpass, resize, warp_affine
-    from .pipeline import _decoder_args
+    from .pipeline import TrainBatch, _decoder_args, named_external_source
     from .randaugment import FILL
 
-    jpegs, labels, anchor, shape, flip, band, matrix, geometric, colour, value, magnitude, tag = \
-        fn.external_source(source=feed, num_outputs=12, batch=True)
+    fed = named_external_source(feed, TrainBatch.feed_names(True))
+    jpegs, labels, anchor, shape, flip, band, matrix, geometric, colour, value = (fed[name] for name in (
+        "encoded", "labels", "anchor", "shape", "flip", "band", "matrix", "geometric", "colour", "value"))
     size = (cfg.resolution, cfg.resolution)
     img = fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", normalized_anchor=False,
                                   normalized_shape=False, **_decoder_args(cfg))

@@ -8,34 +8,47 @@ low-frequency crop to the stage's band with the normalisation fused: N x C x B x
 Everything random is drawn on the Python side, per batch, from a generator seeded by
 (seed, epoch, batch, rank), and fed through ``fn.external_source`` together with the encoded
 bytes: the crop windows (timm's RandomResizedCrop: scale 0.08-1, ratio 3/4-4/3, 10 attempts,
-then a centre crop), the flips, the RandAugment draws, the band and the magnitude. So band and
-magnitude change per iteration without a rebuild, every batch carries the settings it was made
-with (no prefetch lag), and a resumed run draws the same numbers.
+then a centre crop), the flips, the RandAugment draws (made at the stage's magnitude) and the
+band. So band and magnitude change per iteration without a rebuild, every batch carries the
+settings it was made with (no prefetch lag), and a resumed run draws the same numbers.
+
+The external source's fields and the graph's outputs are named once (``TrainBatch.FEED``,
+``TRAIN_OUTPUTS``, ...) and bound by name on both sides.
 
 Validation: decode, resize the shorter side to ``floor(R / 0.875)`` (256 for R = 224, bicubic),
-centre crop R, normalise; every image once.
+centre crop R, normalise; every image once. Both the resized size and the crop's place are
+computed here in Python, as torchvision's ``Resize(int)`` and ``CenterCrop`` compute them, and
+fed per sample, so the CPU and GPU graphs crop the same pixels (DALI's own ``resize_shorter``
+rounds the longer side where torchvision truncates it, and its centre crop rounds half up where
+torchvision rounds half to even).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
+import torch
 
 from .dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255, LOWPASS_MODES
+from .parallel import map_threads, usable_cores
 from .randaugment import RandAugmentParams, sample_randaugment
 
-__all__ = ["PipelineConfig", "TrainBatch", "build_train_pipeline", "build_val_pipeline",
-           "make_train_batch", "sample_crop_windows", "val_resize_size"]
+__all__ = ["PipelineConfig", "TrainBatch", "ValBatch", "TRAIN_OUTPUTS", "VAL_OUTPUTS", "define_train_pipeline",
+           "define_val_pipeline", "make_train_batch", "make_val_batch", "named_external_source",
+           "sample_crop_windows", "centre_crop_geometry", "val_resize_size"]
 
 INTERPOLATIONS = ("cubic", "linear")
+TRAIN_OUTPUTS = ("images", "labels", "tag")
+VAL_OUTPUTS = ("images", "labels")
 
 
 @dataclass
 class PipelineConfig:
-    """What the graphs are built from. ``device``: ``"cpu"`` or ``"gpu"``."""
+    """What the graphs are built from. ``device``: ``"cpu"`` or ``"gpu"``; ``device_id``: the CUDA
+    device of a ``"gpu"`` graph (None: the current one), None for ``"cpu"``."""
 
     resolution: int = 224
     batch_size: int = 64
@@ -68,11 +81,35 @@ class PipelineConfig:
             raise ValueError("batch_size and num_threads must be >= 1")
         if not 0.0 <= self.hw_decoder_load <= 1.0:
             raise ValueError(f"hw_decoder_load = {self.hw_decoder_load} is outside 0..1")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct = {self.crop_pct} is outside (0, 1]")
+        if self.device == "cpu" and self.device_id is not None:
+            raise ValueError(f"device_id = {self.device_id} selects a GPU, but device = 'cpu'; leave device_id out")
 
 
 def val_resize_size(resolution: int, crop_pct: float = 0.875) -> int:
     """Shorter side before the centre crop, as timm computes it."""
     return int(math.floor(resolution / crop_pct))
+
+
+def centre_crop_geometry(sizes: np.ndarray, resolution: int,
+                         crop_pct: float = 0.875) -> tuple[np.ndarray, np.ndarray]:
+    """Where timm's evaluation transform takes the pixels of images of ``sizes`` (N, 2) = (h, w).
+
+    Returns the resized ``(h, w)`` and the crop's top-left ``(y, x)``, each (N, 2) int64:
+    torchvision's ``Resize(s)`` with ``s = floor(R / crop_pct)`` (the shorter side to s, the
+    longer one to ``int(s * long / short)``, truncated), then ``CenterCrop(R)`` (offset
+    ``round((side - R) / 2)``, half to even as Python rounds).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    shorter = val_resize_size(resolution, crop_pct)
+    h, w = sizes[:, 0], sizes[:, 1]
+    short, long = np.minimum(h, w), np.maximum(h, w)
+    new_long = (shorter * long / short).astype(np.int64)  # float64 then truncated, as int() in torchvision
+    resized = np.where((w <= h)[:, None], np.stack([new_long, np.full_like(h, shorter)], 1),
+                       np.stack([np.full_like(h, shorter), new_long], 1))
+    anchor = np.round((resized - resolution) / 2.0).astype(np.int64)  # NumPy rounds half to even too
+    return resized, anchor
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -108,7 +145,12 @@ def sample_crop_windows(rng: np.random.Generator, sizes: np.ndarray, scale: tupl
 
 @dataclass
 class TrainBatch:
-    """One batch of pipeline inputs: what DALI decodes and the draws it applies."""
+    """One batch of pipeline inputs: what DALI decodes and the draws it applies.
+
+    ``FEED`` names the fields that go to DALI (in this order), ``AUGMENT_FEED`` the fields of
+    ``augment`` that follow them when the graph runs RandAugment; the graph binds its inputs by
+    these names. The magnitude stays here: it only shaped the draws.
+    """
 
     encoded: list[np.ndarray]
     labels: np.ndarray
@@ -119,12 +161,18 @@ class TrainBatch:
     tag: np.ndarray  # (N, 2) int32: (epoch, step), read back from the outputs
     augment: RandAugmentParams
 
-    def as_feed(self, with_augment: bool = True) -> tuple:
+    FEED: ClassVar[tuple[str, ...]] = ("encoded", "labels", "anchor", "shape", "flip", "band", "tag")
+    AUGMENT_FEED: ClassVar[tuple[str, ...]] = ("matrix", "geometric", "colour", "value")
+
+    @classmethod
+    def feed_names(cls, with_augment: bool) -> tuple[str, ...]:
         """The external source's outputs; the RandAugment draws only when the graph uses them."""
-        a = self.augment
-        head = (self.encoded, self.labels, self.anchor, self.shape, self.flip, self.band)
-        extra = (a.matrix, a.geometric, a.colour, a.value) if with_augment else ()
-        return head + extra + (a.magnitude, self.tag)
+        return cls.FEED + (cls.AUGMENT_FEED if with_augment else ())
+
+    def as_feed(self, with_augment: bool) -> tuple:
+        """The values of :meth:`feed_names`, in that order."""
+        return tuple(getattr(self.augment if name in self.AUGMENT_FEED else self, name)
+                     for name in self.feed_names(with_augment))
 
 
 def make_train_batch(encoded: list[np.ndarray], labels: np.ndarray, sizes: np.ndarray, *, band: int,
@@ -141,6 +189,35 @@ def make_train_batch(encoded: list[np.ndarray], labels: np.ndarray, sizes: np.nd
                       augment)
 
 
+@dataclass
+class ValBatch:
+    """One validation batch: the encoded images, their labels, and per image the resized
+    ``size`` (h, w) and the centre crop's normalised place (``crop_y``, ``crop_x``), as DALI's
+    ``crop_pos_y``/``crop_pos_x`` take it. ``FEED`` names what goes to DALI, in order."""
+
+    encoded: list[np.ndarray]
+    labels: np.ndarray
+    size: np.ndarray
+    crop_y: np.ndarray
+    crop_x: np.ndarray
+
+    FEED: ClassVar[tuple[str, ...]] = ("encoded", "labels", "size", "crop_y", "crop_x")
+
+    def as_feed(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.FEED)
+
+
+def make_val_batch(encoded: list[np.ndarray], labels: np.ndarray, sizes: np.ndarray,
+                   cfg: PipelineConfig) -> ValBatch:
+    """The inputs of one validation batch of images of ``sizes`` (N, 2) = (h, w)."""
+    resized, anchor = centre_crop_geometry(sizes, cfg.resolution, cfg.crop_pct)
+    room = resized - cfg.resolution
+    # DALI places the crop at round(pos * room); anchor / room lands on the anchor exactly
+    pos = np.where(room > 0, anchor / np.maximum(room, 1), 0.5).astype(np.float32)
+    crop_y, crop_x = np.ascontiguousarray(pos.T)
+    return ValBatch(encoded, labels.astype(np.int64), resized.astype(np.float32), crop_y, crop_x)
+
+
 # ----------------------------------------------------------------------------- graphs
 def _decoder_args(cfg: PipelineConfig) -> dict:
     from nvidia.dali import types
@@ -152,55 +229,95 @@ def _decoder_args(cfg: PipelineConfig) -> dict:
     return args
 
 
+def named_external_source(feed: Callable[[], tuple], names: Sequence[str]) -> dict[str, Any]:
+    """The outputs of ``fn.external_source(feed)`` by name, inside a pipeline definition;
+    ``feed()`` returns the values of ``names`` in that order (e.g. ``TrainBatch.feed_names(True)``
+    and ``TrainBatch.as_feed(True)``)."""
+    from nvidia.dali import fn
+
+    return dict(zip(names, fn.external_source(source=feed, num_outputs=len(names), batch=True)))
+
+
 def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn
 
     from .dali_ops import apply_randaugment, lowpass, resize
 
-    outputs = fn.external_source(source=feed, num_outputs=12 if cfg.randaugment else 8, batch=True)
-    jpegs, labels, anchor, shape, flip, band = outputs[:6]
-    magnitude, tag = outputs[-2:]
-    img = fn.decoders.image_slice(jpegs, anchor, shape, axis_names="HW", normalized_anchor=False,
-                                  normalized_shape=False,
-                                  **_decoder_args(cfg))
+    fed = named_external_source(feed, TrainBatch.feed_names(cfg.randaugment))
+    band = fed["band"]
+    img = fn.decoders.image_slice(fed["encoded"], fed["anchor"], fed["shape"], axis_names="HW",
+                                  normalized_anchor=False, normalized_shape=False, **_decoder_args(cfg))
     img = resize(img, size=(cfg.resolution, cfg.resolution), interpolation=cfg.interpolation)
-    img = fn.flip(img, horizontal=flip)
+    img = fn.flip(img, horizontal=fed["flip"])
     if cfg.randaugment:
-        matrix, geometric, colour, value = outputs[6:10]
+        matrix, geometric, colour, value = (fed[name] for name in TrainBatch.AUGMENT_FEED)
         img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution))
     img = lowpass(img, band, mode=cfg.lowpass, mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
-    return img, labels, band, magnitude, tag
+    return {"images": img, "labels": fed["labels"], "tag": fed["tag"]}
+
+
+class _ResizeEach:
+    """Batch function: each HWC uint8 image to its own (h, w), anti-aliased, with torch's uint8
+    kernels (the CPU resize of :func:`etpp_dali.dali_ops.resize`, with per-sample sizes)."""
+
+    def __init__(self, interpolation: str) -> None:
+        self.mode = "bicubic" if interpolation == "cubic" else "bilinear"
+
+    def _one(self, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        img, size = pair
+        x = torch.from_numpy(img).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last view, no copy
+        y = torch.nn.functional.interpolate(x, size=(int(size[0]), int(size[1])), mode=self.mode,
+                                            antialias=True, align_corners=False)
+        return y.permute(0, 2, 3, 1)[0].numpy()  # HWC, contiguous
+
+    def __call__(self, images: list[np.ndarray], sizes: list[np.ndarray]) -> list[np.ndarray]:
+        return map_threads(self._one, list(zip(images, sizes)), workers=min(4, usable_cores()), min_items=8)
+
+
+def _resize_each(img: Any, size: Any, interpolation: str) -> Any:
+    """Resize each image to its own ``size`` (a per-sample (h, w) float DataNode)."""
+    from nvidia.dali import fn, types
+
+    if img.device == "gpu":
+        interp = types.INTERP_CUBIC if interpolation == "cubic" else types.INTERP_LINEAR
+        return fn.resize(img, size=size, interp_type=interp, antialias=True)
+    return fn.python_function(img, size, function=_ResizeEach(interpolation), batch_processing=True,
+                              device="cpu", output_layouts="HWC")
 
 
 def _val_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn, types
 
-    from .dali_ops import resize
+    fed = named_external_source(feed, ValBatch.FEED)
+    img = fn.decoders.image(fed["encoded"], **_decoder_args(cfg))
+    img = _resize_each(img, fed["size"], cfg.interpolation)
+    img = fn.crop_mirror_normalize(img, crop=(cfg.resolution, cfg.resolution), crop_pos_x=fed["crop_x"],
+                                   crop_pos_y=fed["crop_y"], mean=list(cfg.mean), std=list(cfg.std),
+                                   output_layout="CHW", dtype=types.FLOAT)
+    return {"images": img, "labels": fed["labels"]}
 
-    jpegs, labels = fn.external_source(source=feed, num_outputs=2, batch=True)
-    img = fn.decoders.image(jpegs, **_decoder_args(cfg))
-    img = resize(img, resize_shorter=val_resize_size(cfg.resolution, cfg.crop_pct), interpolation=cfg.interpolation)
-    img = fn.crop_mirror_normalize(img, crop=(cfg.resolution, cfg.resolution), crop_pos_x=0.5, crop_pos_y=0.5,
-                                   mean=list(cfg.mean), std=list(cfg.std), output_layout="CHW", dtype=types.FLOAT)
-    return img, labels
 
-
-def _build(graph, cfg: PipelineConfig, feed: Callable[[], tuple], conditionals: bool):
+def _define(graph: Callable[..., dict], outputs: Sequence[str], cfg: PipelineConfig, feed: Callable[[], tuple],
+            conditionals: bool) -> Any:
     from nvidia.dali import pipeline_def
 
-    pipe = pipeline_def(graph, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+    def ordered(cfg: PipelineConfig, feed: Callable[[], tuple]) -> tuple:
+        named = graph(cfg, feed)
+        return tuple(named[name] for name in outputs)
+
+    return pipeline_def(ordered, batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                         device_id=cfg.device_id if cfg.device == "gpu" else None, seed=cfg.seed,
                         prefetch_queue_depth=cfg.prefetch, enable_conditionals=conditionals)(cfg, feed)
-    pipe.build()
-    return pipe
 
 
-def build_train_pipeline(cfg: PipelineConfig, feed: Callable[[], tuple]):
-    """The training pipeline; ``feed()`` returns ``TrainBatch.as_feed(cfg.randaugment)`` in order and
-    raises ``StopIteration`` at the end. Outputs: images, labels, band, magnitude, tag."""
-    return _build(_train_graph, cfg, feed, conditionals=cfg.randaugment)
+def define_train_pipeline(cfg: PipelineConfig, feed: Callable[[], tuple]) -> Any:
+    """The training pipeline, defined (not built: no GPU is touched yet). ``feed()`` returns
+    ``TrainBatch.as_feed(cfg.randaugment)`` batch after batch and raises ``StopIteration`` at the
+    end. Outputs: ``TRAIN_OUTPUTS`` (images, labels, tag), in that order."""
+    return _define(_train_graph, TRAIN_OUTPUTS, cfg, feed, conditionals=cfg.randaugment)
 
 
-def build_val_pipeline(cfg: PipelineConfig, feed: Callable[[], tuple]):
-    """The validation pipeline; ``feed()`` returns (encoded list, labels). Outputs: images, labels."""
-    return _build(_val_graph, cfg, feed, conditionals=False)
+def define_val_pipeline(cfg: PipelineConfig, feed: Callable[[], tuple]) -> Any:
+    """The validation pipeline, defined (not built). ``feed()`` returns ``ValBatch.as_feed()``.
+    Outputs: ``VAL_OUTPUTS`` (images, labels), in that order."""
+    return _define(_val_graph, VAL_OUTPUTS, cfg, feed, conditionals=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from .data import BadFile, DataError, ImageRecord, ScanCache, inspect_image, scan_split
 
-__all__ = ["Source", "open_source", "image_folder", "file_list", "webdataset"]
+__all__ = ["Source", "open_source", "image_folder", "file_list", "webdataset", "report_left_out"]
 
 _WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
 
@@ -59,6 +60,14 @@ class Source:
     def report_bad(self) -> str:
         """One line per skipped file (empty when there is none)."""
         return "\n".join(f"skipped {b}" for b in self.bad)
+
+
+def report_left_out(source: Source, what: str | None = None) -> None:
+    """Tell the user (stderr) which files of ``source`` are left out and why; nothing when none is.
+    ``what`` names the data in the message (default: the source's path)."""
+    if source.bad:
+        print(f"etpp: {len(source.bad)} file(s) left out of {what or source.name}:\n{source.report_bad()}",
+              file=sys.stderr)
 
 
 def image_folder(root: str | Path, classes: Sequence[str] | None = None, *, use_cache: bool = True) -> Source:

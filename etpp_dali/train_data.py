@@ -4,7 +4,6 @@ curriculum and validation loaders over them, each rank reading its own shard."""
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,12 @@ def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.devi
 
     root = _data_root(cfg)
     train_src, val_src = _open_splits(root, cfg)
-    if is_rank0() and train_src.bad:
-        print(f"etpp: {len(train_src.bad)} file(s) left out of training:\n{train_src.report_bad()}", file=sys.stderr)
     # batch_size is per device; a stage's own batch comes from the curriculum (Stage.batch)
     train_loader = CurriculumLoader(train_src, curriculum, cfg.batch_size, device=str(device), num_threads=threads,
                                     seed=cfg.seed, lowpass=cfg.lowpass, channels_last=cfg.channels_last,
-                                    verbose=False, **echo_options(cfg))
+                                    verbose=is_rank0(), **echo_options(cfg))
     val_loader = ValidationLoader(val_src, curriculum.resolution, cfg.batch_size, device=str(device),
-                                  num_threads=threads, channels_last=cfg.channels_last)
+                                  num_threads=threads, channels_last=cfg.channels_last, verbose=is_rank0())
     return TrainData(root, train_loader, val_loader, len(train_src.classes))
 
 

@@ -34,20 +34,22 @@ def test_follows_the_schedule_without_lag_or_rebuild(demo_root):
     cur = Curriculum([StageSpec(16, 0.0, 0.25), StageSpec(20, 3.0, 0.25), StageSpec(28, 6.0, 0.25),
                       StageSpec(32, 9.0, 0.25)], budget=4, resolution=32, split="epochs")
     loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", prefetch=3)
-    seen = []
+    seen = []  # per batch, from the pipeline's outputs: (epoch, step) of its tag, band of its images
     for epoch in range(cur.total_epochs):
         loader.set_epoch(epoch)
         stage = cur.stage_at(epoch)
         assert (loader.band, loader.magnitude, loader.stage.index) == (stage.band, stage.magnitude, stage.index)
-        count = 0
+        labels = []
         for x, y in loader:
-            meta = loader.batch_meta  # read back from the pipeline's own outputs
-            assert (meta["epoch"], meta["band"], meta["magnitude"]) == (epoch, stage.band, stage.magnitude)
-            assert x.shape == (16, 3, stage.band, stage.band) and x.dtype == torch.float32
-            assert y.dtype == torch.int64 and len(y) == 16
-            count += 1
-        assert count == len(loader) == 6  # 96 images / 16
-        seen.append(epoch)
+            meta = loader.batch_meta
+            seen.append((meta["epoch"], meta["step"], x.shape[-1]))
+            assert x.shape == (16, 3, meta["band"], meta["band"]) and x.dtype == torch.float32
+            assert y.dtype == torch.int64
+            labels.append(y)
+        assert len(loader) == 6  # 96 images / 16
+        assert np.array_equal(np.bincount(torch.cat(labels).numpy()), [24] * 4)  # every image once
+    # every batch in consumption order, at its own epoch's band: nothing lags behind a stage change
+    assert seen == [(e, s, cur.stage_at(e).band) for e in range(cur.total_epochs) for s in range(6)]
     assert loader.rebuilds == 1  # band and magnitude changed without a rebuild
     assert abs(float(x.mean())) < 3 and float(x.std()) > 0.1  # normalised
 
@@ -135,11 +137,21 @@ def test_replay_stage_mixes_fresh_and_buffered_samples(unique_list):
 
 def test_options_channels_last_dtype_and_resize_mode(demo_root):
     cur = small_schedule()
-    loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", channels_last=True,
-                              dtype=torch.bfloat16, lowpass="resize", randaugment=False)
-    loader.set_epoch(0)
-    x, _ = next(iter(loader))
+
+    def first_batch(**options):
+        loader = CurriculumLoader(demo_root, cur, batch_size=16, device="cpu", randaugment=False, **options)
+        loader.set_epoch(0)
+        return next(iter(loader))[0]
+
+    x = first_batch(channels_last=True, dtype=torch.bfloat16, lowpass="resize")
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    exact, approx = first_batch(lowpass="fourier"), first_batch(lowpass="resize")
+    band = cur.stage_at(0).band
+    assert exact.shape == approx.shape == (16, 3, band, band)
+    # the same windows and flips, low-passed two ways: close, but not the same pixels
+    assert not torch.allclose(exact, approx, atol=0.05)
+    assert float((exact - approx).abs().mean()) < 0.5 * float(exact.std())
+    assert torch.allclose(approx, x.float(), atol=0.05)  # bfloat16 rounding only
 
 
 def test_bad_files_are_reported_once_and_skipped(hymenoptera, capfd):
@@ -241,3 +253,119 @@ def test_loader_reads_webdataset_shards_and_file_lists(demo_root, tmp_path, uniq
         got = [(x.shape, y) for x, y in loader]
         band = cur.stage_at(0).band
         assert sum(len(y) for _, y in got) == n and got[0][0] == (8, 3, band, band)
+
+
+@pytest.fixture
+def odd_sized_val(tmp_path):
+    """Validation images (blocky noise, lossless) of sizes where DALI's own rules differ from
+    torchvision's at R = 64: a longer side that DALI's resize_shorter would round up, crop offsets
+    it would round half up. Returns the root and the images as C x H x W uint8 tensors."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "val" / "a"
+    folder.mkdir(parents=True)
+    images = []
+    for i, (h, w) in enumerate([(74, 93), (93, 74), (60, 83), (80, 80), (375, 500)]):
+        blocks = np.kron(rng.integers(0, 255, (h // 4 + 1, w // 4 + 1, 3)), np.ones((4, 4, 1)))[:h, :w]
+        Image.fromarray(blocks.astype(np.uint8)).save(folder / f"{i}.png")
+        images.append(torch.from_numpy(blocks.astype(np.uint8)).permute(2, 0, 1).contiguous())
+    return tmp_path, images
+
+
+def unnormalised(x: torch.Tensor) -> torch.Tensor:
+    from etpp_dali.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
+
+    std, mean = torch.tensor(IMAGENET_STD_255).view(3, 1, 1), torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1)
+    return x.float().cpu() * std + mean
+
+
+def test_validation_takes_torchvisions_pixels(odd_sized_val):
+    """timm's evaluation transform to the pixel: torchvision's Resize(floor(R / 0.875), bicubic,
+    antialias) and CenterCrop(R)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    root, images = odd_sized_val
+    (x, _), = list(ValidationLoader(root, 64, 5, device="cpu"))
+    for got, image in zip(unnormalised(x), images):
+        resized = F.resize(image, 73, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        assert torch.allclose(got, F.center_crop(resized, [64, 64]).float(), atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_validation_cpu_and_gpu_take_the_same_pixels(odd_sized_val):
+    """The same sizes and crop places on both devices (the resize kernels differ slightly):
+    the GPU crop is much closer to the CPU's than the CPU's is to itself moved by one pixel."""
+    root, _ = odd_sized_val
+    (cpu, _), = list(ValidationLoader(root, 64, 5, device="cpu"))
+    (gpu, _), = list(ValidationLoader(root, 64, 5, device="cuda"))
+    cpu, gpu = unnormalised(cpu), unnormalised(gpu)
+    for dim in (-1, -2):
+        shifted = (cpu.narrow(dim, 1, 63) - cpu.narrow(dim, 0, 63)).abs().mean(dim=(1, 2, 3))
+        assert ((gpu - cpu).abs().mean(dim=(1, 2, 3)) < 0.5 * shifted).all()
+
+
+def test_device_id_selects_the_gpu(demo_root, monkeypatch):
+    from etpp_dali.loader import resolve_device
+    from etpp_dali.pipeline import define_train_pipeline
+
+    with pytest.raises(ValueError, match="device_id = 0 selects a GPU, but device = 'cpu'"):
+        resolve_device("cpu", 0)
+    with pytest.raises(ValueError, match="'tpu' is unknown"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto", 1) == "cpu"  # no GPU: auto is the CPU, device_id unused
+        with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+            resolve_device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # two GPUs, as far as the loaders see
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda", 1) == resolve_device("auto", 1) == resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("cuda:1", 1) == "cuda:1" and resolve_device("cuda") == "cuda"
+    with pytest.raises(ValueError, match="name different GPUs"):
+        resolve_device("cuda:1", 0)
+    with pytest.raises(ValueError, match="CUDA device 2 is not visible"):
+        resolve_device("cuda", 2)
+    cur = small_schedule()
+    for loader in (CurriculumLoader(demo_root, cur, 8, device="cuda", device_id=1, verbose=False),
+                   ValidationLoader(demo_root, 32, 8, device="cuda:1", verbose=False)):
+        assert loader.device == torch.device("cuda", 1) and loader.cfg.device_id == 1
+        assert loader.cfg.device == "gpu"
+    assert define_train_pipeline(loader.cfg, lambda: None).device_id == 1  # defined, not built
+
+
+def test_a_dropped_loader_frees_its_pipeline_at_once(demo_root):
+    """No reference cycle through the pipeline: the garbage collector, run wherever the program
+    happens to be (inside a thread pool's lock, say), never has a pipeline to shut down."""
+    import gc
+    import weakref
+
+    def make(kind):
+        if kind == "train":
+            loader = CurriculumLoader(demo_root, small_schedule(), 16, device="cpu")
+            loader.set_epoch(0)
+            return loader
+        return ValidationLoader(demo_root, 32, 5, device="cpu")
+
+    gc.disable()
+    try:
+        for kind in ("train", "val"):
+            loader = make(kind)
+            it = iter(loader)
+            next(it)  # a pipeline mid-epoch, prefetching
+            pipe = weakref.ref(loader._runner._pipe)
+            del loader, it
+            assert pipe() is None
+    finally:
+        gc.enable()
+
+
+def test_dali_iterator_drop_in_as_the_readme_writes_it(unique_list):
+    cur = small_schedule()
+    train_loader = CurriculumLoader(unique_list, cur, batch_size=16, device="cpu").dali_iterator(
+        output_map=["data", "label"], last_batch_policy="PARTIAL")
+    train_loader.set_epoch(0)
+    data = [d for d in train_loader]
+    assert len(data) == 3 and sorted(data[0][0]) == ["data", "label"]
+    labels = torch.cat([d[0]["label"].flatten() for d in data])
+    assert sorted(labels.tolist()) == list(range(40))  # PARTIAL: the completing repeats left out

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-from etpp_dali.pipeline import PipelineConfig, sample_crop_windows, val_resize_size
+from etpp_dali.pipeline import PipelineConfig, centre_crop_geometry, sample_crop_windows, val_resize_size
 
 
 def test_crop_windows_fit_and_follow_torchvision_statistics():
@@ -47,3 +47,76 @@ def test_config_validation_and_val_size():
                            ({"resolution": 8}, "resolution = 8"), ({"hw_decoder_load": 2.0}, "hw_decoder_load")):
         with pytest.raises(ValueError, match=needle):
             PipelineConfig(**kwargs)
+
+
+def test_val_geometry_is_torchvisions_resize_and_centre_crop():
+    """The resized size and the crop's place, against torchvision's own Resize(int) and CenterCrop."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    rng = np.random.default_rng(0)
+    sizes = np.concatenate([rng.integers(40, 600, (60, 2)), [[375, 500], [500, 375], [74, 93], [93, 74], [80, 80]]])
+    for resolution in (64, 224):
+        resized, anchor = centre_crop_geometry(sizes, resolution)
+        shorter = val_resize_size(resolution)
+        for (h, w), (rh, rw), (y, x) in zip(sizes, resized, anchor):
+            image = torch.zeros(1, int(h), int(w), dtype=torch.uint8)
+            assert F.resize(image, shorter, interpolation=InterpolationMode.NEAREST).shape[1:] == (rh, rw)
+            places = torch.arange(int(rh) * int(rw)).reshape(1, int(rh), int(rw))
+            assert int(F.center_crop(places, [resolution, resolution])[0, 0, 0]) == y * rw + x
+    # where DALI's own rules differ: the longer side truncated (91, not 92), the offset rounded
+    # half to even (4, not 5: (73 - 64) / 2 = 4.5)
+    (rh, rw), (y, x) = (v[0] for v in centre_crop_geometry(np.array([[74, 93]]), 64))
+    assert (rh, rw, y, x) == (73, 91, 4, 14)
+
+
+def test_named_feed_and_outputs():
+    from etpp_dali.pipeline import TRAIN_OUTPUTS, TrainBatch, make_train_batch, make_val_batch
+
+    cfg = PipelineConfig(resolution=32, batch_size=2)
+    encoded = [np.zeros(4, np.uint8)] * 2
+    batch = make_train_batch(encoded, np.array([3, 4]), np.array([[40, 50], [60, 30]]), band=16, magnitude=9.0,
+                             epoch=2, step=5, rng=np.random.default_rng(0), cfg=cfg)
+    for with_augment in (False, True):
+        fed = dict(zip(TrainBatch.feed_names(with_augment), batch.as_feed(with_augment)))
+        assert list(fed["labels"]) == [3, 4] and fed["tag"].tolist() == [[2, 5], [2, 5]]
+        assert list(fed["band"]) == [16, 16] and ("matrix" in fed) == with_augment
+        assert "magnitude" not in fed  # it shaped the draws; DALI has no use for it
+    assert fed["matrix"] is batch.augment.matrix and fed["encoded"] is encoded
+    assert TRAIN_OUTPUTS == ("images", "labels", "tag")
+    val = make_val_batch(encoded, np.array([1, 2]), np.array([[74, 93], [80, 80]]), PipelineConfig(resolution=64))
+    size, crop_y, crop_x = val.as_feed()[2:]
+    assert size.tolist() == [[73, 91], [73, 73]]
+    # DALI places a crop at round(pos * (side - R)): these land on the offsets above
+    assert np.round(crop_x * (size[:, 1] - 64)).tolist() == [14, 4] and np.round(crop_y * 9).tolist() == [4, 4]
+
+
+# every GPU graph the loaders build: training with and without RandAugment, with the exact crop
+# and with the resize approximation, and validation
+GPU_GRAPHS = {f"train-{'randaugment' if ra else 'plain'}-{lp}": ("train", {"randaugment": ra, "lowpass": lp})
+              for ra in (True, False) for lp in ("fourier", "resize")} | {"val": ("val", {})}
+
+
+@pytest.mark.parametrize("kind,options", GPU_GRAPHS.values(), ids=GPU_GRAPHS.keys())
+def test_gpu_graphs_are_defined_without_a_gpu(kind, options, monkeypatch):
+    """Defining a pipeline for device_id=0 needs no GPU; DALI checks at definition what it can:
+    argument names, an input on the wrong device (a CPU operator on GPU data, a missing .gpu()),
+    an argument input off the CPU; building the Python graph then checks every operator's
+    arguments against its schema. The image output must come out on the GPU."""
+    from etpp_dali import pipeline
+
+    named = {}
+    graph = getattr(pipeline, f"_{kind}_graph")
+
+    def recording(cfg, feed):
+        named.update(graph(cfg, feed))
+        return named
+
+    monkeypatch.setattr(pipeline, f"_{kind}_graph", recording)
+    cfg = PipelineConfig(resolution=64, batch_size=4, device="gpu", device_id=0, **options)
+    define = pipeline.define_train_pipeline if kind == "train" else pipeline.define_val_pipeline
+    pipe = define(cfg, lambda: None)
+    pipe.start_py_workers()  # the Python graph: every operator's arguments checked; nothing built
+    outputs = pipeline.TRAIN_OUTPUTS if kind == "train" else pipeline.VAL_OUTPUTS
+    assert tuple(named) == outputs and pipe.device_id == 0
+    assert named["images"].device == "gpu" and named["labels"].device == "cpu"
