@@ -144,8 +144,9 @@ class CurriculumLoader:
         self.device = _loader_device(device, device_id)
         self.source = _open(data, "train", None, verbose)
         self.shard_id, self.num_shards = distributed_shard(shard_id, num_shards)
+        largest = max([batch_size] + [s.batch for s in curriculum.stages])  # the pipeline's batch: any stage's fits
         self.cfg = _pipeline_config(self.device, num_threads, interpolation, resolution=curriculum.resolution,
-                                    batch_size=batch_size, seed=seed, lowpass=lowpass,
+                                    batch_size=largest, seed=seed, lowpass=lowpass,
                                     fourier_backend=fourier_backend, randaugment=randaugment,
                                     hw_decoder_load=hw_decoder_load, prefetch=prefetch)
         self.plan = TrainPlan(self.source, curriculum, batch_size, self.cfg, seed=seed, shard_id=self.shard_id,
@@ -182,6 +183,10 @@ class CurriculumLoader:
     def replay(self) -> int:
         """The current stage's replay factor r (1: every sample fresh)."""
         return self.stage.replay
+
+    def batch_for_epoch(self, epoch: int | None = None) -> int:
+        """The per-device batch of an epoch: its stage's ``batch`` when set, else ``batch_size``."""
+        return self.plan.batch_for_epoch(self.epoch if epoch is None else epoch)
 
     def fresh_batch_size(self, epoch: int | None = None) -> int:
         return self.plan.fresh_batch_size(self.epoch if epoch is None else epoch)
@@ -231,7 +236,7 @@ class CurriculumLoader:
             self.batch_meta = {"epoch": epoch, "step": self.step, "band": x.shape[-1],
                                "magnitude": stage.magnitude, "stage": stage.index, "fresh": len(y)}
             if replay is not None:
-                x, y = replay.complete(x, y, self.batch_size, gen)
+                x, y = replay.complete(x, y, self.batch_for_epoch(epoch), gen)
             self.step += 1
             yield _format(x, self.channels_last, self.dtype), y
 
@@ -240,7 +245,7 @@ class CurriculumLoader:
         if stage.replay == 1:
             return None
         if self._buffer_stage != stage.index:
-            capacity = self.replay_capacity or stage.buffer or 8 * self.batch_size
+            capacity = self.replay_capacity or stage.buffer or 8 * (stage.batch or self.batch_size)
             self._buffer, self._buffer_stage = ReplayBuffer(capacity), stage.index
         return self._buffer
 

@@ -48,9 +48,13 @@ class TrainPlan:
         self.excluded: dict[int, str] = {}  # source index -> why the decoder failed on it
         self._labels, self._sizes = source.labels, source.sizes
 
+    def batch_for_epoch(self, epoch: int) -> int:
+        """The per-device batch of ``epoch``: its stage's ``batch`` when set, else ``batch_size``."""
+        return self.curriculum.stage_at(epoch).batch or self.batch_size
+
     def fresh_batch_size(self, epoch: int) -> int:
-        """Images a step of ``epoch`` decodes: the batch size divided by the stage's replay factor."""
-        return max(1, self.batch_size // self.curriculum.stage_at(epoch).replay)
+        """Images a step of ``epoch`` decodes: the epoch's batch divided by the stage's replay factor."""
+        return max(1, self.batch_for_epoch(epoch) // self.curriculum.stage_at(epoch).replay)
 
     def batches_in_epoch(self, epoch: int) -> int:
         return math.ceil(self.shard_len / self.fresh_batch_size(epoch))

@@ -231,6 +231,8 @@ def test_the_loader_serves_each_stage_its_batch_and_the_steps_follow_the_global_
 
         trainer.optim.step = step
         assert [loader.batches_in_epoch(e) for e in range(4)] == ([3] * 4 if name == "whole" else [3, 3, 6, 6])
+        loader.set_epoch(2)
+        assert (len(loader), loader.batch_for_epoch()) == ((3, 32) if name == "whole" else (6, 16))
         try:
             trainer.run()
         finally:
