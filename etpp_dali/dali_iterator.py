@@ -66,7 +66,6 @@ class DALIStyleIterator:
                              "labels (e.g. ['data', 'label'])")
         self.loader = loader
         self.output_map = output_map
-        self.batch_size = loader.batch_size
         self.last_batch_policy = _policy_name(last_batch_policy)
         self.auto_reset = _auto_reset(auto_reset)
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -75,6 +74,11 @@ class DALIStyleIterator:
         self._finished = False   # the schedule's last epoch has ended
 
     # ----------------------------------------------------------------------- epochs
+    @property
+    def batch_size(self) -> int:
+        """The current epoch's batch: a stage may set its own (per-stage batch with accumulation)."""
+        return self.loader.batch_for_epoch()
+
     @property
     def epoch(self) -> int:
         return self.loader.epoch

@@ -110,8 +110,8 @@ def _interrupt_at(trainer, epoch, step):
     """Make ``trainer`` get a Ctrl-C right after ``step`` of ``epoch``."""
     real_step = trainer.optim.step
 
-    def step_then_ctrl_c(images, labels):
-        loss = real_step(images, labels)
+    def step_then_ctrl_c(images, labels, **kwargs):
+        loss = real_step(images, labels, **kwargs)
         if (trainer.train_loader.epoch, trainer.train_loader.step) == (epoch, step):
             signal.raise_signal(signal.SIGINT)
         return loss

@@ -153,3 +153,15 @@ def test_import_stays_light_and_the_loaders_are_top_level_names():
             "assert CurriculumLoader is L.CurriculumLoader and ValidationLoader is L.ValidationLoader")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_a_stage_batch_reaches_the_iterators_batch_size_and_size(unique_list):
+    # 40 images: stage 0 at the loader's batch 8 (5 steps), stage 1 at its own batch 4 (10 steps)
+    stages = [StageSpec(16, 0.0, 0.5), StageSpec(32, 9.0, 0.5, batch=4)]
+    cur = Curriculum(stages, budget=2, resolution=32, split="epochs")
+    it = DALIStyleIterator(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu"))
+    for epoch, (batch, steps) in enumerate(((8, 5), (4, 10))):
+        it.set_epoch(epoch)
+        batches = list(it)
+        assert it.batch_size == batch and len(batches) == len(it) == steps and it.size == 40
+        assert {b[0]["data"].shape[0] for b in batches} == {batch}
