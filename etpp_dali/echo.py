@@ -49,7 +49,11 @@ class EchoSetting:
 
     mode: str
     factor: int | None
-    buffer_bytes: int
+    buffer_mb: float
+
+    @property
+    def buffer_bytes(self) -> int:
+        return int(self.buffer_mb * 2**20)
 
     def factor_for(self, replay: int) -> int:
         """The echo factor of a stage whose schedule gives replay factor ``replay``."""
@@ -77,13 +81,12 @@ def parse_echo(echo: str | int, echo_buffer_mb: float) -> EchoSetting:
     """The loader's ``echo`` and ``echo_buffer_mb`` settings, checked (one-line errors naming them)."""
     if not isinstance(echo_buffer_mb, (int, float)) or isinstance(echo_buffer_mb, bool) or echo_buffer_mb <= 0:
         raise ValueError(f"echo_buffer_mb = {echo_buffer_mb!r}: give the decoded-image buffer's size in MB (> 0)")
-    buffer_bytes = int(echo_buffer_mb * 2**20)
     if isinstance(echo, str) and echo in _MODES:
-        return EchoSetting(echo, None, buffer_bytes)
+        return EchoSetting(echo, None, float(echo_buffer_mb))
     if isinstance(echo, str) and not echo.strip().isdigit():
         raise ValueError(f"echo = {echo!r} is unknown; use augment, tensor, off or an integer factor >= 1")
     factor = echo_factor_value(echo, "echo")
-    return EchoSetting("augment" if factor > 1 else "off", factor, buffer_bytes)
+    return EchoSetting("augment" if factor > 1 else "off", factor, float(echo_buffer_mb))
 
 
 def echo_uses(fresh: int, uses: int, factor: int, window: int) -> np.ndarray:
@@ -96,12 +99,12 @@ def echo_uses(fresh: int, uses: int, factor: int, window: int) -> np.ndarray:
     return np.broadcast_to(np.arange(fresh), (factor, fresh)).ravel()[order][:uses]
 
 
-def echo_window(batch: int, factor: int, image_bytes: float, buffer_bytes: int) -> tuple[int, int]:
-    """(factor, window D) that fit ``buffer_bytes`` with images of ``image_bytes`` on average: the
+def echo_window(batch: int, factor: int, image_bytes: float, buffer_mb: float) -> tuple[int, int]:
+    """(factor, window D) that fit ``buffer_mb`` with images of ``image_bytes`` on average: the
     widest window (a multiple of the batch, up to 4 batches), else a lower factor at D = batch."""
-    capacity = int(buffer_bytes // max(image_bytes, 1.0))
+    capacity = int(buffer_mb * 2**20 // max(image_bytes, 1.0))
     if capacity < batch:
-        raise ValueError(f"echo_buffer_mb = {buffer_bytes / 2**20:g} holds {capacity} decoded images, less than "
+        raise ValueError(f"echo_buffer_mb = {buffer_mb:g} holds {capacity} decoded images, less than "
                          f"one batch of {batch}; give at least {math.ceil(batch * image_bytes / 2**20)} MB")
     if factor == 1:
         return 1, batch
@@ -140,6 +143,13 @@ class EchoSchedule:
         self.plan, self.setting = plan, setting
         self.image_bytes = float(np.mean(plan.source.sizes.prod(axis=1))) * 3  # decoded RGB, on average
         self._layouts: dict[int, EchoEpoch] = {}
+        for stage in plan.curriculum.stages:  # a buffer too small fails here, before any work
+            if self.echoes(stage.start_epoch):
+                self._fit(stage.start_epoch)
+
+    def _fit(self, epoch: int) -> tuple[int, int]:
+        factor = self.setting.factor_for(self.plan.curriculum.stage_at(epoch).replay)
+        return echo_window(self.plan.batch_size, factor, self.image_bytes, self.setting.buffer_mb)
 
     def echoes(self, epoch: int) -> bool:
         """Whether ``epoch`` runs the decode and augment stages (else the single graph)."""
@@ -148,7 +158,6 @@ class EchoSchedule:
 
     def layout(self, epoch: int) -> EchoEpoch:
         if epoch not in self._layouts:
-            factor = self.setting.factor_for(self.plan.curriculum.stage_at(epoch).replay)
-            factor, window = echo_window(self.plan.batch_size, factor, self.image_bytes, self.setting.buffer_bytes)
+            factor, window = self._fit(epoch)
             self._layouts = {epoch: EchoEpoch(self.plan, epoch, factor, window)}
         return self._layouts[epoch]

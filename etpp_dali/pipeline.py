@@ -295,6 +295,29 @@ def _window_resize(img: Any, anchor: Any, shape: Any, cfg: PipelineConfig) -> An
                               batch_processing=True, device="cpu", output_layouts="HWC")
 
 
+class _SplitFeed:
+    """One feed as two external sources: the decoded images (on the graph's device) and the
+    draws (on the CPU, where operator arguments live). Whichever DALI asks first pulls the
+    iteration's values; the other takes its part of them."""
+
+    def __init__(self, feed: Callable[[], tuple]) -> None:
+        self.feed = feed
+        self.parts: tuple[list, list] = ([], [])
+
+    def images(self) -> tuple:
+        return self._pull(0)
+
+    def draws(self) -> tuple:
+        return self._pull(1)
+
+    def _pull(self, k: int) -> tuple:
+        if not self.parts[k]:
+            values = self.feed()
+            self.parts[0].append(values[:1])
+            self.parts[1].append(values[1:])
+        return self.parts[k].pop(0)
+
+
 def _echo_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     """The augment stage of echo: decoded images in (on the loader's device), training samples out."""
     from nvidia.dali import fn
@@ -302,10 +325,11 @@ def _echo_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from .dali_ops import apply_randaugment, lowpass
 
     names = ECHO_FEED + (TrainBatch.AUGMENT_FEED if cfg.randaugment else ())
-    values = fn.external_source(source=feed, num_outputs=len(names), batch=True,
-                                device=["gpu" if cfg.device == "gpu" else "cpu"] + ["cpu"] * (len(names) - 1),
-                                no_copy=cfg.device == "cpu")  # the feed keeps its arrays alive long enough
-    fed = dict(zip(names, values))
+    split = _SplitFeed(feed)
+    (decoded,) = fn.external_source(source=split.images, num_outputs=1, batch=True, device=cfg.device,
+                                    no_copy=cfg.device == "cpu")  # the feed keeps its arrays alive long enough
+    draws = fn.external_source(source=split.draws, num_outputs=len(names) - 1, batch=True)
+    fed = dict(zip(names, [decoded, *draws]))
     img = _window_resize(fed["decoded"], fed["anchor"], fed["shape"], cfg)
     img = fn.flip(img, horizontal=fed["flip"])
     if cfg.randaugment:
