@@ -17,11 +17,15 @@ rebuilt at a stage change (the cost of a change is one batch of new shapes). A p
 rebuilt only when a run jumps (a ``set_epoch`` out of order, or ``load_state_dict``): well under
 a second. Which images make which batch: :mod:`etpp_dali.plans`.
 
-Replay (EfficientTrain++): in a stage with replay factor r, DALI decodes ``batch_size // r``
-fresh images per step; the rest of the batch is drawn uniformly, with replacement, from a FIFO
-buffer of recently produced (augmented) samples, which starts empty at each stage. The schedule
-gives such a stage r times fewer data epochs, so it keeps its steps and compute
-(:mod:`etpp_dali.replay`).
+Replay (EfficientTrain++) and echo: a stage with replay factor r has r times fewer data epochs
+in the schedule and r times the steps per epoch, so its steps and compute stay the same. With
+``echo="augment"`` (the default) the loader decodes each image once and uses it r times, each
+use with its own draws (:mod:`etpp_dali.echo`, :mod:`etpp_dali.echo_run`); ``echo=N`` runs
+every stage at r = N and ``"off"`` at r = 1, with the same steps. ``echo="tensor"`` is the
+reference's replay: ``batch_size // r`` fresh images per step, the rest of the batch drawn
+uniformly, with replacement, from a FIFO buffer of recently produced (augmented) samples,
+which starts empty at each stage (:mod:`etpp_dali.replay`). ``reprob``: random erasing after
+the crop (:mod:`etpp_dali.erasing`), drawn per batch, so each use of an image is erased anew.
 """
 
 from __future__ import annotations

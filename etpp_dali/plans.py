@@ -10,8 +10,10 @@ epoch), and completes its last batch from the start of its own part, so every ra
 number of full batches and sees each of its images at least once. A file the decoder failed on
 takes the place of the next good image of the rank's part.
 
-Training batches: a step takes the stage's fresh batch (``batch_size // r`` images in a stage with replay
-factor r; the loader completes the batch from its replay buffer), and its draws come from a
+Training batches: a step of the single graph takes the stage's fresh batch (``batch_size // r``
+images in a stage with replay factor r under tensor replay, the loader completing the batch from
+its replay buffer; else the whole batch, from further passes when an epoch needs more than one;
+echo stages take their images as :mod:`etpp_dali.echo` lays them out), and its draws come from a
 generator seeded by (seed, epoch, step, rank), so a batch is the same whenever it is made: after
 a resume, a rebuild, or a prefetch across a stage change.
 
