@@ -17,7 +17,7 @@ def echo_schedule(replay=4, budget=8):
 
 @pytest.fixture(scope="module")
 def unique_list(demo_root, tmp_path_factory):
-    """A file list where every image has its own label, so labels name the samples."""
+    """A file list where every image has its own label (test_loader's too: a conftest fixture to share)."""
     files = sorted((demo_root / "train").rglob("*.jpg"))[:40]
     path = tmp_path_factory.mktemp("list") / "unique.txt"
     path.write_text("\n".join(f"{f} {i}" for i, f in enumerate(files)))
