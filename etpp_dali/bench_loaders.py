@@ -7,6 +7,8 @@ sample of files, batch size, threads (or worker processes) and magnitude:
 - ``ours``: :class:`~etpp_dali.loader.CurriculumLoader` at one stage (band, magnitude), exact
   Fourier crop; ``ours_resize``: the same with the resize approximation; ``ours_no_augment``:
   the same without RandAugment.
+- ``ours_echo1``, ``ours_echo2``, ``ours_echo4``: ``ours`` at echo factor 1, 2, 4 (each decoded image
+  augmented r times, :mod:`etpp_dali.echo`); ``ours_tensor4``: replay of identical augmented samples at r = 4.
 - ``reference``: the EfficientTrain++ reference loader (:mod:`etpp_dali.reference`): timm's
   transform at the full resolution, a Lanczos resize to the band, a torch ``DataLoader``.
 - ``timm``: ``timm.data.create_loader`` at the band with ``rand-m{m}-mstd0.5-inc1``.
@@ -46,6 +48,10 @@ LOADERS = {k.name: k for k in (
     LoaderKind("ours", "ours (exact crop)", True),
     LoaderKind("ours_resize", "ours (resize approx.)", True),
     LoaderKind("ours_no_augment", "ours, no RandAugment", True),
+    LoaderKind("ours_echo1", "ours, echo r = 1", True),
+    LoaderKind("ours_echo2", "ours, echo r = 2 (decode once, augment 2x)", True),
+    LoaderKind("ours_echo4", "ours, echo r = 4 (decode once, augment 4x)", True),
+    LoaderKind("ours_tensor4", "ours, tensor replay r = 4", True),
     LoaderKind("reference", "ET++ reference", True),
     LoaderKind("timm", "timm create_loader", True),
     LoaderKind("dali", "plain DALI + rand_augment", True),
@@ -127,6 +133,11 @@ def build_loader(spec: WindowSpec) -> Running:
     if spec.loader in ("ours", "ours_resize", "ours_no_augment"):
         return _ours(spec, source, lowpass="resize" if spec.loader == "ours_resize" else "fourier",
                      randaugment=spec.loader != "ours_no_augment")
+    if spec.loader.startswith(("ours_echo", "ours_tensor")):
+        tensor = spec.loader.startswith("ours_tensor")
+        factor = int(spec.loader.rsplit("echo" if not tensor else "tensor", 1)[1])
+        return _ours(spec, source, lowpass="fourier", randaugment=True, replay=factor,
+                     echo="tensor" if tensor else factor)
     builders = {"reference": _reference, "timm": _timm, "dali": _plain_dali, "decode": _decode_only}
     if spec.loader in builders:
         return builders[spec.loader](spec, source)
@@ -136,14 +147,15 @@ def build_loader(spec: WindowSpec) -> Running:
 
 
 # ---------------------------------------------------------------------------- ours
-def _ours(spec: WindowSpec, source: Any, *, lowpass: str, randaugment: bool) -> Running:
+def _ours(spec: WindowSpec, source: Any, *, lowpass: str, randaugment: bool, replay: int = 1,
+          echo: str | int = "augment") -> Running:
     from .curriculum import Curriculum, StageSpec
     from .loader import CurriculumLoader
 
-    cur = Curriculum([StageSpec(band=spec.band, magnitude=float(spec.magnitude), share=1.0)], budget=10_000,
-                     resolution=spec.resolution, split="epochs")
+    cur = Curriculum([StageSpec(band=spec.band, magnitude=float(spec.magnitude), share=1.0, replay=replay)],
+                     budget=10_000, resolution=spec.resolution, split="epochs")
     loader = CurriculumLoader(source, cur, batch_size=spec.batch, device=spec.device, num_threads=spec.threads,
-                              seed=spec.seed, lowpass=lowpass, randaugment=randaugment, verbose=False)
+                              seed=spec.seed, lowpass=lowpass, randaugment=randaugment, echo=echo, verbose=False)
 
     def batches() -> Iterator[int]:
         epoch = 0

@@ -113,7 +113,11 @@ class DALIStyleIterator:
 
     # ------------------------------------------------------------------------ sizes
     def _padding(self) -> int:
-        """Samples repeated from the start of this rank's part to complete the epoch's last batch."""
+        """Samples repeated from the start of this rank's part to complete the epoch's last batch.
+        An epoch that echoes before augmentation has none: each of its samples is a use of its own
+        (every decoded image serves r of them), so every policy gives the same full batches."""
+        if self.loader.echoes(self.loader.epoch):
+            return 0
         return -self.loader.shard_len % self.loader.fresh_batch_size()
 
     def __len__(self) -> int:

@@ -17,11 +17,15 @@ rebuilt at a stage change (the cost of a change is one batch of new shapes). A p
 rebuilt only when a run jumps (a ``set_epoch`` out of order, or ``load_state_dict``): well under
 a second. Which images make which batch: :mod:`etpp_dali.plans`.
 
-Replay (EfficientTrain++): in a stage with replay factor r, DALI decodes ``batch_size // r``
-fresh images per step; the rest of the batch is drawn uniformly, with replacement, from a FIFO
-buffer of recently produced (augmented) samples, which starts empty at each stage. The schedule
-gives such a stage r times fewer data epochs, so it keeps its steps and compute
-(:mod:`etpp_dali.replay`).
+Replay (EfficientTrain++) and echo: a stage with replay factor r has r times fewer data epochs
+in the schedule and r times the steps per epoch, so its steps and compute stay the same. With
+``echo="augment"`` (the default) the loader decodes each image once and uses it r times, each
+use with its own draws (:mod:`etpp_dali.echo`, :mod:`etpp_dali.echo_run`); ``echo=N`` runs
+every stage at r = N and ``"off"`` at r = 1, with the same steps. ``echo="tensor"`` is the
+reference's replay: ``batch_size // r`` fresh images per step, the rest of the batch drawn
+uniformly, with replacement, from a FIFO buffer of recently produced (augmented) samples,
+which starts empty at each stage (:mod:`etpp_dali.replay`). ``reprob``: random erasing after
+the crop (:mod:`etpp_dali.erasing`), drawn per batch, so each use of an image is erased anew.
 """
 
 from __future__ import annotations
@@ -37,8 +41,12 @@ import torch
 
 from .curriculum import Curriculum, ScheduleError
 from .dali_run import PipelineRunner
+from .echo import DEFAULT_ECHO_BUFFER_MB, EchoEpoch, EchoSchedule, echo_factor_value, parse_echo
+from .echo_run import DecodeStage, EchoFeed
+from .erasing import RandomErasing
 from .parallel import usable_cores
-from .pipeline import TRAIN_OUTPUTS, VAL_OUTPUTS, PipelineConfig, define_train_pipeline, define_val_pipeline
+from .pipeline import (TRAIN_OUTPUTS, VAL_OUTPUTS, PipelineConfig, define_echo_pipeline, define_train_pipeline,
+                       define_val_pipeline)
 from .plans import Feed, TrainPlan, ValPlan
 from .replay import ReplayBuffer
 from .sources import Source, open_source, report_left_out
@@ -46,6 +54,7 @@ from .sources import Source, open_source, report_left_out
 __all__ = ["CurriculumLoader", "ValidationLoader", "resolve_device", "distributed_shard"]
 
 _STATE_VERSION = 1
+_ERASING_STREAM = 0xE7A5E  # keeps the erasing draws apart from the pipeline's per-batch draws
 
 
 def resolve_device(device: str, device_id: int | None = None) -> str:
@@ -112,6 +121,10 @@ def _open(data: str | Path | Sequence[str | Path] | Source, split: str, classes:
     return source
 
 
+def _single_graph(schedule: EchoSchedule, epoch: int) -> bool:
+    return not schedule.echoes(epoch)
+
+
 def _format(x: torch.Tensor, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
     """The memory format and dtype the caller asked for."""
     if channels_last:
@@ -135,7 +148,8 @@ class CurriculumLoader:
                  fourier_backend: str = "auto", randaugment: bool = True, interpolation: str | None = None,
                  hw_decoder_load: float = 0.65, shard_id: int | None = None, num_shards: int | None = None,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32, prefetch: int = 2,
-                 replay_buffer: int | None = None, verbose: bool = True) -> None:
+                 replay_buffer: int | None = None, echo: str | int = "augment", echo_max: int = 4,
+                 echo_buffer_mb: float = DEFAULT_ECHO_BUFFER_MB, reprob: float = 0.0, verbose: bool = True) -> None:
         if not isinstance(curriculum, Curriculum):
             raise TypeError("curriculum must be a Curriculum (Curriculum.preset(...) or Curriculum.from_file(...))")
         if batch_size < 1:
@@ -155,9 +169,17 @@ class CurriculumLoader:
         self.excluded = self.plan.excluded  # source index -> why the decoder failed on it (left out from then on)
         self.channels_last, self.dtype = channels_last, dtype
         self.replay_capacity = replay_buffer
+        self.echo_setting = parse_echo(echo, echo_buffer_mb)
+        self.echo_max = echo_factor_value(echo_max, "echo_max")
+        self.plan.tensor_replay = self.echo_setting.mode == "tensor"
+        self.echo_schedule = EchoSchedule(self.plan, self.echo_setting)
+        self.plan.runs_here = functools.partial(_single_graph, self.echo_schedule)
+        self.erasing = RandomErasing(reprob) if reprob > 0 else None
         self.epoch, self.step = 0, 0
         self._resumed = False
         self._runner = PipelineRunner(TRAIN_OUTPUTS, functools.partial(define_train_pipeline, self.cfg))
+        self._echo_runner = PipelineRunner(TRAIN_OUTPUTS, functools.partial(define_echo_pipeline, self.cfg))
+        self._decoder = DecodeStage(self.cfg)
         self._buffer: ReplayBuffer | None = None
         self._buffer_stage = -1
         self.batch_meta: dict[str, Any] = {}
@@ -187,6 +209,22 @@ class CurriculumLoader:
     def batch_for_epoch(self, epoch: int | None = None) -> int:
         """The per-device batch of an epoch: its stage's ``batch`` when set, else ``batch_size``."""
         return self.plan.batch_for_epoch(self.epoch if epoch is None else epoch)
+
+    def echo_factor(self, epoch: int | None = None) -> int:
+        """The echo factor r the loader runs ``epoch`` at (the current one by default): each decoded
+        image serves r samples. It can be below the ``echo`` setting when ``echo_buffer_mb`` holds
+        too few images for it (see :mod:`etpp_dali.echo`)."""
+        epoch = self.epoch if epoch is None else epoch
+        return self.echo_layout(epoch).factor if self.echoes(epoch) else \
+            self.echo_setting.factor_for(self.curriculum.stage_at(epoch).replay)
+
+    def echoes(self, epoch: int) -> bool:
+        """Whether ``epoch`` runs the two stages of echo before augmentation (else the single graph)."""
+        return self.echo_schedule.echoes(epoch)
+
+    def echo_layout(self, epoch: int) -> EchoEpoch:
+        """Which images make each batch of echo epoch ``epoch``."""
+        return self.echo_schedule.layout(epoch)
 
     def fresh_batch_size(self, epoch: int | None = None) -> int:
         return self.plan.fresh_batch_size(self.epoch if epoch is None else epoch)
@@ -219,30 +257,50 @@ class CurriculumLoader:
         self._resumed = False
         epoch = self.epoch
         stage = self.curriculum.stage_at(epoch)
-        feed = self._runner.feed
-        if feed is None or feed.next_batch() != (epoch, self.step):  # a start, or the run jumped
-            self._runner.start(Feed(self.plan, (epoch, self.step)))
+        runner = self._start(epoch)
         replay = self._replay_buffer(stage)
         gen = torch.Generator().manual_seed(hash((self.seed, epoch, self.shard_id)) % 2**63)
         while self.epoch == epoch and self.step < self.batches_in_epoch(epoch):
             t0 = time.perf_counter()
-            out = self._runner.run()
-            produced = self._runner.feed.take()
+            out = runner.run()
+            produced = runner.feed.take()
             tag = tuple(out["tag"][0].tolist())
             if tag != (epoch, self.step) or produced != (epoch, self.step):
                 raise RuntimeError(f"loader out of step: got batch {tag} for ({epoch}, {self.step})")
             x, y = out["images"], out["labels"].to(self.device, non_blocking=True)
             self.wait_seconds += time.perf_counter() - t0
-            self.batch_meta = {"epoch": epoch, "step": self.step, "band": x.shape[-1],
-                               "magnitude": stage.magnitude, "stage": stage.index, "fresh": len(y)}
+            self.batch_meta = {"epoch": epoch, "step": self.step, "band": x.shape[-1], "magnitude": stage.magnitude,
+                               "stage": stage.index, "fresh": self._fresh_count(epoch, len(y))}
             if replay is not None:
                 x, y = replay.complete(x, y, self.batch_for_epoch(epoch), gen)
+            if self.erasing is not None:  # after the crop, at the band; replayed samples keep their erasing
+                self.erasing(x, np.random.default_rng([self.seed, epoch, self.step, self.shard_id, _ERASING_STREAM]))
             self.step += 1
             yield _format(x, self.channels_last, self.dtype), y
 
+    def _start(self, epoch: int) -> PipelineRunner:
+        """The runner of ``epoch``'s graph, started at (epoch, step) unless it is there already."""
+        echoes = self.echoes(epoch)
+        runner, other = (self._echo_runner, self._runner) if echoes else (self._runner, self._echo_runner)
+        other.close()
+        if runner.feed is None or runner.feed.next_batch() != (epoch, self.step):  # a start, or the run jumped
+            position = (epoch, self.step)
+            schedule = self.echo_schedule
+            runner.start(EchoFeed(self.plan, position, schedule.layout, schedule.echoes, self._decoder) if echoes
+                         else Feed(self.plan, position))
+        return runner
+
+    def _fresh_count(self, epoch: int, produced: int) -> int:
+        """Samples of the batch just made whose image was decoded for it."""
+        if not self.echoes(epoch):
+            return produced
+        layout = self.echo_layout(epoch)
+        return int(np.sum(layout.first_step[layout.uses[self.step]] == self.step))
+
     def _replay_buffer(self, stage: Any) -> ReplayBuffer | None:
-        """The stage's replay buffer (a new, empty one at a stage's start); None without replay."""
-        if stage.replay == 1:
+        """The stage's replay buffer with ``echo="tensor"`` (a new, empty one at a stage's start); None
+        without replay."""
+        if self.echo_setting.mode != "tensor" or stage.replay == 1:
             return None
         if self._buffer_stage != stage.index:
             capacity = self.replay_capacity or stage.buffer or 8 * (stage.batch or self.batch_size)
@@ -255,7 +313,15 @@ class CurriculumLoader:
         return {"version": _STATE_VERSION, "epoch": self.epoch, "step": self.step, "seed": self.seed,
                 "schedule": self.curriculum.fingerprint(), "batch_size": self.batch_size,
                 "shard_id": self.shard_id, "num_shards": self.num_shards, "dataset_size": len(self.source),
-                "excluded": sorted(self.excluded)}
+                "excluded": sorted(self.excluded), "echo": self.echo_setting.describe(),
+                "echo_held": self._held().tolist()}
+
+    def _held(self) -> np.ndarray:
+        """Source indices of the decoded images the echo buffer holds at (epoch, step); a resumed run
+        decodes them again as its first batches use them."""
+        if self.epoch >= self.curriculum.total_epochs or not self.echoes(self.epoch):
+            return np.zeros(0, dtype=np.int64)
+        return self.echo_layout(self.epoch).held_before(self.step)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
@@ -264,9 +330,9 @@ class CurriculumLoader:
             raise ScheduleError("the loader state was saved with another schedule; resume with the same "
                                 "preset, budget and resolution")
         current = {"seed": self.seed, "batch_size": self.batch_size, "num_shards": self.num_shards,
-                   "dataset_size": len(self.source)}
+                   "dataset_size": len(self.source), "echo": self.echo_setting.describe()}
         for key, value in current.items():
-            if state[key] != value:
+            if state.get(key, value if key == "echo" else None) != value:
                 raise ValueError(f"loader state has {key} = {state[key]!r}, this loader {value!r}; "
                                  "resume with the same data and settings")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -277,13 +343,15 @@ class CurriculumLoader:
         self._resumed = True
 
     def close(self) -> None:
-        """Release the pipeline (its threads and buffers); the next iteration builds a new one."""
+        """Release the pipelines (their threads and buffers); the next iteration builds new ones."""
         self._runner.close()
+        self._echo_runner.close()
+        self._decoder.close()
 
     @property
     def rebuilds(self) -> int:
-        """How many times a pipeline was built."""
-        return self._runner.builds
+        """How many times a training pipeline was built."""
+        return self._runner.builds + self._echo_runner.builds
 
 
 class ValidationLoader:

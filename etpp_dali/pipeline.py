@@ -26,7 +26,7 @@ torchvision rounds half to even).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
@@ -37,11 +37,15 @@ from .parallel import map_threads, usable_cores
 from .randaugment import RandAugmentParams, sample_randaugment
 
 __all__ = ["PipelineConfig", "TrainBatch", "ValBatch", "TRAIN_OUTPUTS", "VAL_OUTPUTS", "define_train_pipeline",
-           "define_val_pipeline", "make_train_batch", "make_val_batch", "named_external_source",
+           "define_val_pipeline", "define_decode_pipeline", "define_echo_pipeline", "DECODE_OUTPUTS",
+           "ECHO_FEED", "make_train_batch", "make_val_batch", "named_external_source",
            "sample_crop_windows", "centre_crop_geometry", "val_resize_size"]
 
 INTERPOLATIONS = ("cubic", "linear")
 TRAIN_OUTPUTS = ("images", "labels", "tag")
+DECODE_OUTPUTS = ("decoded",)
+# the echo graph's feed: a training batch whose first field holds decoded images, not encoded bytes
+ECHO_FEED = ("decoded",) + ("labels", "anchor", "shape", "flip", "band", "tag")
 VAL_OUTPUTS = ("images", "labels")
 
 
@@ -256,6 +260,94 @@ def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     return {"images": img, "labels": fed["labels"], "tag": fed["tag"]}
 
 
+class _WindowResize:
+    """Batch function: each HWC uint8 image's crop window (a view, no copy) resized to ``size``
+    with the same torch kernels as :func:`etpp_dali.dali_ops.resize` on the CPU."""
+
+    def __init__(self, size: tuple[int, int], interpolation: str) -> None:
+        self.size, self.mode = size, "bicubic" if interpolation == "cubic" else "bilinear"
+
+    def _one(self, item: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        img, anchor, shape = item
+        (y, x), (h, w) = anchor.astype(np.int64), shape.astype(np.int64)
+        window = torch.from_numpy(img[y:y + h, x:x + w]).unsqueeze(0).permute(0, 3, 1, 2)
+        out = torch.nn.functional.interpolate(window, size=self.size, mode=self.mode, antialias=True,
+                                              align_corners=False)
+        return out.permute(0, 2, 3, 1)[0].numpy()
+
+    def __call__(self, images: list[np.ndarray], anchors: list[np.ndarray],
+                 shapes: list[np.ndarray]) -> list[np.ndarray]:
+        return map_threads(self._one, list(zip(images, anchors, shapes)), workers=min(4, usable_cores()),
+                           min_items=8)
+
+
+def _window_resize(img: Any, anchor: Any, shape: Any, cfg: PipelineConfig) -> Any:
+    """The crop window of each decoded image, resized to R x R (what the single graph's
+    ``image_slice`` + resize make, from a decoded image)."""
+    from nvidia.dali import fn, types
+
+    size = (cfg.resolution, cfg.resolution)
+    if img.device == "gpu":
+        interp = types.INTERP_CUBIC if cfg.interpolation == "cubic" else types.INTERP_LINEAR
+        return fn.resize(img, size=list(size), roi_start=anchor, roi_end=anchor + shape, roi_relative=False,
+                         interp_type=interp, antialias=True)
+    return fn.python_function(img, anchor, shape, function=_WindowResize(size, cfg.interpolation),
+                              batch_processing=True, device="cpu", output_layouts="HWC")
+
+
+class _SplitFeed:
+    """One feed as two external sources: the decoded images (on the graph's device) and the
+    draws (on the CPU, where operator arguments live). Whichever DALI asks first pulls the
+    iteration's values; the other takes its part of them."""
+
+    def __init__(self, feed: Callable[[], tuple]) -> None:
+        self.feed = feed
+        self.parts: tuple[list, list] = ([], [])
+
+    def images(self) -> tuple:
+        return self._pull(0)
+
+    def draws(self) -> tuple:
+        return self._pull(1)
+
+    def _pull(self, k: int) -> tuple:
+        if not self.parts[k]:
+            values = self.feed()
+            self.parts[0].append(values[:1])
+            self.parts[1].append(values[1:])
+        return self.parts[k].pop(0)
+
+
+def _echo_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
+    """The augment stage of echo: decoded images in (on the loader's device), training samples out."""
+    from nvidia.dali import fn
+
+    from .dali_ops import apply_randaugment, lowpass
+
+    names = ECHO_FEED + (TrainBatch.AUGMENT_FEED if cfg.randaugment else ())
+    split = _SplitFeed(feed)
+    (decoded,) = fn.external_source(source=split.images, num_outputs=1, batch=True, device=cfg.device,
+                                    no_copy=cfg.device == "cpu")  # the feed keeps its arrays alive long enough
+    draws = fn.external_source(source=split.draws, num_outputs=len(names) - 1, batch=True)
+    fed = dict(zip(names, [decoded, *draws]))
+    img = _window_resize(fed["decoded"], fed["anchor"], fed["shape"], cfg)
+    img = fn.flip(img, horizontal=fed["flip"])
+    if cfg.randaugment:
+        matrix, geometric, colour, value = (fed[name] for name in TrainBatch.AUGMENT_FEED)
+        img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution))
+    img = lowpass(img, fed["band"], mode=cfg.lowpass, mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
+    return {"images": img, "labels": fed["labels"], "tag": fed["tag"]}
+
+
+def _decode_graph(cfg: PipelineConfig, feed: Callable[[], tuple] | None):
+    """The decode stage of echo: whole images, RGB, on the loader's device; its input is given
+    with ``feed_input("encoded", ...)`` before each run."""
+    from nvidia.dali import fn
+
+    encoded = fn.external_source(name="encoded")
+    return {"decoded": fn.decoders.image(encoded, **_decoder_args(cfg))}
+
+
 class _ResizeEach:
     """Batch function: each HWC uint8 image to its own (h, w), anti-aliased, with torch's uint8
     kernels (the CPU resize of :func:`etpp_dali.dali_ops.resize`, with per-sample sizes)."""
@@ -321,3 +413,17 @@ def define_val_pipeline(cfg: PipelineConfig, feed: Callable[[], tuple]) -> Any:
     """The validation pipeline, defined (not built). ``feed()`` returns ``ValBatch.as_feed()``.
     Outputs: ``VAL_OUTPUTS`` (images, labels), in that order."""
     return _define(_val_graph, VAL_OUTPUTS, cfg, feed, conditionals=False)
+
+
+def define_echo_pipeline(cfg: PipelineConfig, feed: Callable[[], tuple]) -> Any:
+    """The augment stage of echo, defined (not built). ``feed()`` returns the values of
+    ``ECHO_FEED`` (then ``TrainBatch.AUGMENT_FEED`` with RandAugment): the decoded images
+    (numpy arrays on the CPU, CUDA tensors on the GPU) and the draws. Outputs: ``TRAIN_OUTPUTS``."""
+    return _define(_echo_graph, TRAIN_OUTPUTS, cfg, feed, conditionals=cfg.randaugment)
+
+
+def define_decode_pipeline(cfg: PipelineConfig) -> Any:
+    """The decode stage of echo, defined (not built), run one batch at a time: give it a list of
+    encoded images (up to ``cfg.batch_size``) with ``feed_input("encoded", images)``, then
+    ``run()``. Outputs: ``DECODE_OUTPUTS``."""
+    return _define(_decode_graph, DECODE_OUTPUTS, replace(cfg, prefetch=1), None, conditionals=False)

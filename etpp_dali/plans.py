@@ -10,8 +10,10 @@ epoch), and completes its last batch from the start of its own part, so every ra
 number of full batches and sees each of its images at least once. A file the decoder failed on
 takes the place of the next good image of the rank's part.
 
-Training batches: a step takes the stage's fresh batch (``batch_size // r`` images in a stage with replay
-factor r; the loader completes the batch from its replay buffer), and its draws come from a
+Training batches: a step of the single graph takes the stage's fresh batch (``batch_size // r``
+images in a stage with replay factor r under tensor replay, the loader completing the batch from
+its replay buffer; else the whole batch, from further passes when an epoch needs more than one;
+echo stages take their images as :mod:`etpp_dali.echo` lays them out), and its draws come from a
 generator seeded by (seed, epoch, step, rank), so a batch is the same whenever it is made: after
 a resume, a rebuild, or a prefetch across a stage change.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,6 +48,8 @@ class TrainPlan:
         if self.shard_len < 1:
             raise DataError(f"{source.name}: {len(source)} images cannot feed {num_shards} ranks")
         self.excluded: dict[int, str] = {}  # source index -> why the decoder failed on it
+        self.tensor_replay = True  # replay stages decode batch_size // r per step (else the whole batch)
+        self.runs_here: Callable[[int], bool] = lambda epoch: True  # epochs the single graph makes
         self._labels, self._sizes = source.labels, source.sizes
 
     def batch_for_epoch(self, epoch: int) -> int:
@@ -53,20 +57,26 @@ class TrainPlan:
         return self.curriculum.stage_at(epoch).batch or self.batch_size
 
     def fresh_batch_size(self, epoch: int) -> int:
-        """Images a step of ``epoch`` decodes: the epoch's batch divided by the stage's replay factor."""
-        return max(1, self.batch_for_epoch(epoch) // self.curriculum.stage_at(epoch).replay)
+        """Images a step of ``epoch`` decodes in the single graph: the epoch's batch divided by the
+        stage's replay factor with tensor replay (``tensor_replay``), else the whole batch."""
+        replay = self.curriculum.stage_at(epoch).replay if self.tensor_replay else 1
+        return max(1, self.batch_for_epoch(epoch) // replay)
 
     def batches_in_epoch(self, epoch: int) -> int:
-        return math.ceil(self.shard_len / self.fresh_batch_size(epoch))
+        """Steps of ``epoch``: the schedule's (its stage's replay factor r gives r times the steps of
+        a pass over the rank's images), whatever the runtime echo factor."""
+        return math.ceil(self.shard_len / max(1, self.batch_for_epoch(epoch) // self.curriculum.stage_at(epoch).replay))
 
     def successor(self, position: tuple[int, int]) -> tuple[int, int]:
         """The (epoch, step) after ``position``."""
         epoch, step = position
         return (epoch, step + 1) if step + 1 < self.batches_in_epoch(epoch) else (epoch + 1, 0)
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """This rank's source indices of ``epoch``, padded to whole fresh batches."""
-        perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.source))
+    def shard_pass(self, epoch: int, pass_: int = 0) -> np.ndarray:
+        """This rank's source indices in pass ``pass_`` of ``epoch`` (a fresh permutation per pass;
+        pass 0 is the epoch's own), files the decoder failed on replaced by good ones."""
+        key = [self.seed, epoch, 0x5EED] + ([pass_] if pass_ else [])
+        perm = np.random.default_rng(key).permutation(len(self.source))
         mine = perm[self.shard_id::self.num_shards][: self.shard_len]
         if self.excluded:
             failed = np.isin(mine, list(self.excluded))
@@ -76,9 +86,21 @@ class TrainPlan:
             bad_at = np.flatnonzero(failed)
             mine = mine.copy()
             mine[bad_at] = good[bad_at % len(good)]
-        fresh = self.fresh_batch_size(epoch)
-        pad = -len(mine) % fresh
-        return np.concatenate([mine, mine[:pad]]) if pad else mine
+        return mine
+
+    def fresh_sequence(self, epoch: int, count: int) -> np.ndarray:
+        """The first ``count`` fresh images of ``epoch``: its pass, then the start of the pass
+        again (the last batch completed from the rank's own part) or, when ``count`` needs more
+        than one extra batch of images, further passes."""
+        mine = self.shard_pass(epoch)
+        if count <= len(mine) + self.batch_size:
+            return np.concatenate([mine, mine[: count - len(mine)]]) if count > len(mine) else mine[:count]
+        passes = [mine] + [self.shard_pass(epoch, j) for j in range(1, -(-count // len(mine)))]
+        return np.concatenate(passes)[:count]
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This rank's source indices of ``epoch`` in the single graph, one step's images after another."""
+        return self.fresh_sequence(epoch, self.batches_in_epoch(epoch) * self.fresh_batch_size(epoch))
 
     def batch_indices(self, position: tuple[int, int], order: np.ndarray | None = None) -> np.ndarray:
         """The source indices of batch (epoch, step); ``order``: :meth:`epoch_order` when known."""
@@ -94,7 +116,7 @@ class TrainPlan:
     def batches(self, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], tuple]]:
         """(position, pipeline inputs) from ``start`` to the end of the schedule, in consumption order."""
         epoch, step = start
-        while epoch < self.curriculum.total_epochs:
+        while epoch < self.curriculum.total_epochs and self.runs_here(epoch):
             stage = self.curriculum.stage_at(epoch)
             order = self.epoch_order(epoch)
             for s in range(step, self.batches_in_epoch(epoch)):

@@ -93,7 +93,8 @@ def test_last_batch_policies(unique_list):
     cur = schedule()
     runs = {}
     for policy in ("FILL", "DROP", "PARTIAL"):
-        it = DALIStyleIterator(CurriculumLoader(unique_list, cur, batch_size=12, device="cpu"), last_batch_policy=policy)
+        it = DALIStyleIterator(CurriculumLoader(unique_list, cur, batch_size=12, device="cpu", echo="tensor"),
+                               last_batch_policy=policy)
         runs[policy] = (len(it), it.size, [[b for b in it]])
         it.reset()
         it.set_epoch(2)  # the replay stage
@@ -165,3 +166,15 @@ def test_a_stage_batch_reaches_the_iterators_batch_size_and_size(unique_list):
         batches = list(it)
         assert it.batch_size == batch and len(batches) == len(it) == steps and it.size == 40
         assert {b[0]["data"].shape[0] for b in batches} == {batch}
+
+
+def test_an_echo_epoch_has_no_padding_under_any_policy(unique_list):
+    # echo before augmentation: the replay-2 stage's ceil(40 / 6) = 7 steps of 12 are 84 uses of 42
+    # decoded images (40 and 2 of a further pass), none of them a pad, so every policy gives them all
+    cur = schedule()
+    for policy in ("FILL", "DROP", "PARTIAL"):
+        it = DALIStyleIterator(CurriculumLoader(unique_list, cur, batch_size=12, device="cpu"), last_batch_policy=policy)
+        it.set_epoch(2)
+        batches = list(it)
+        assert it.loader.echoes(2) and len(batches) == len(it) == 7 and it.size == 84
+        assert {b[0]["data"].shape[0] for b in batches} == {12}

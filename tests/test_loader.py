@@ -117,11 +117,11 @@ def test_out_of_order_epoch_rebuilds_and_is_correct(unique_list):
         again.set_epoch(cur.total_epochs)
 
 
-def test_replay_stage_mixes_fresh_and_buffered_samples(unique_list):
+def test_tensor_replay_stage_mixes_fresh_and_buffered_samples(unique_list):
     cur = small_schedule(replay=2, budget=6)
     stage = cur.stages[1]
     assert stage.replay == 2 and stage.epochs == 1
-    loader = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu")
+    loader = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo="tensor")
     loader.set_epoch(stage.start_epoch)
     assert loader.fresh_batch_size() == 4 and len(loader) == 10  # 40 fresh images, 4 a step
     seen: set[int] = set()

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from etpp_dali import Curriculum, StageSpec
+from etpp_dali.echo import echo_uses, echo_window, parse_echo
+from etpp_dali.loader import CurriculumLoader
+
+pytest.importorskip("nvidia.dali")
+
+
+def echo_schedule(replay=4, budget=8):
+    """Two stages: band 16 fresh, then band 24 with replay factor `replay` (its epochs divided by it)."""
+    stages = [StageSpec(16, 0.0, 0.5), StageSpec(24, 9.0, 0.5, replay=replay)]
+    return Curriculum(stages, budget=budget, resolution=32, split="epochs")
+
+
+@pytest.fixture(scope="module")
+def unique_list(demo_root, tmp_path_factory):
+    """A file list where every image has its own label (test_loader's too: a conftest fixture to share)."""
+    files = sorted((demo_root / "train").rglob("*.jpg"))[:40]
+    path = tmp_path_factory.mktemp("list") / "unique.txt"
+    path.write_text("\n".join(f"{f} {i}" for i, f in enumerate(files)))
+    return path
+
+
+@pytest.mark.parametrize("fresh,uses,factor,window", [(40, 160, 4, 8), (40, 158, 4, 16), (100, 300, 3, 8)])
+def test_uses_each_image_factor_times_never_twice_in_a_batch(fresh, uses, factor, window):
+    order = echo_uses(fresh, uses, factor, window)
+    assert len(order) == uses
+    counts = np.bincount(order, minlength=fresh)
+    assert counts.max() == factor and counts.min() >= factor - 1 and (counts < factor).sum() == fresh * factor - uses
+    for batch in order[: uses - uses % 8].reshape(-1, 8):  # batches of 8 <= window
+        assert len(set(batch.tolist())) == 8
+
+
+def test_window_fits_the_buffer_and_bad_settings_say_which():
+    mb = 1e6 / 2**20  # images of 1e6 bytes
+    assert echo_window(64, 4, 1e6, 64 * 13 * mb) == (4, 256)   # room: a window of 4 batches
+    assert echo_window(64, 4, 1e6, 200 * mb) == (3, 64)        # room for 3 copies at the least window
+    with pytest.raises(ValueError, match="echo_buffer_mb = 10 holds 10 decoded images, less than one batch of 64"):
+        echo_window(64, 4, 1e6, 10)
+    for bad in (0, -2, 2.5, "1.5", True, "often"):
+        with pytest.raises(ValueError, match="echo = "):
+            parse_echo(bad, 100)
+    with pytest.raises(ValueError, match="echo_buffer_mb"):
+        parse_echo("augment", 0)
+    assert parse_echo("3", 100).factor == 3 and parse_echo(1, 100).mode == "off"
+
+
+def stage_batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_echo_stage_uses_each_image_r_times_with_its_own_draws(unique_list):
+    cur = echo_schedule()
+    stage = cur.stages[1]
+    loader = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=2)
+    assert stage.replay == 4 and loader.echoes(stage.start_epoch) and not loader.echoes(0)
+    batches = stage_batches(loader, stage.start_epoch)
+    assert len(batches) == len(loader) == 20 and loader.echo_factor() == 4
+    labels = torch.cat([y for _, y in batches])
+    assert np.array_equal(np.bincount(labels.numpy()), [4] * 40)  # every image, 4 times
+    assert all(len(set(y.tolist())) == 8 for _, y in batches)  # never two copies in one batch
+    assert all(x.shape == (8, 3, 24, 24) for x, _ in batches)
+    images = torch.cat([x for x, _ in batches])
+    first = images[labels == 0]
+    assert all(not torch.equal(first[0], other) for other in first[1:])  # each use augmented anew
+    assert loader.batch_meta["fresh"] < 8
+
+
+def test_steps_do_not_depend_on_the_echo_factor(unique_list):
+    cur = echo_schedule()
+    lengths = {}
+    for echo in ("augment", "tensor", "off", 2, 3):
+        loader = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo=echo)
+        lengths[echo] = [loader.batches_in_epoch(e) for e in range(cur.total_epochs)]
+        loader.set_epoch(cur.total_epochs - 1)
+        assert sum(1 for _ in loader) == lengths[echo][-1]
+    assert len({tuple(v) for v in lengths.values()}) == 1
+    off = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo="off")
+    labels = torch.cat([y for _, y in stage_batches(off, cur.total_epochs - 1)])
+    assert np.array_equal(np.bincount(labels.numpy()), [4] * 40)  # r = 1: four passes of fresh images
+
+
+def test_resume_in_an_echo_stage_yields_the_same_batches(unique_list):
+    cur = echo_schedule()
+    epoch = cur.stages[1].start_epoch
+    settings = dict(batch_size=8, device="cpu", seed=5, reprob=0.25)
+    reference = stage_batches(CurriculumLoader(unique_list, cur, **settings), epoch)
+    first = CurriculumLoader(unique_list, cur, **settings)
+    first.set_epoch(epoch)
+    it = iter(first)
+    got = [next(it) for _ in range(7)]
+    state = first.state_dict()
+    assert state["echo"] == "augment" and len(state["echo_held"]) > 0  # the buffer held images
+    second = CurriculumLoader(unique_list, cur, **settings)
+    second.load_state_dict(state)
+    second.set_epoch(epoch)
+    got += list(second)
+    assert len(got) == len(reference)
+    for (x, y), (rx, ry) in zip(got, reference):
+        assert torch.equal(y, ry) and torch.equal(x, rx)
+    other = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=5, echo=2)
+    with pytest.raises(ValueError, match="echo"):
+        other.load_state_dict(state)
+
+
+def test_erasing_hits_about_reprob_of_the_samples_reproducibly(unique_list):
+    cur = echo_schedule()
+    epoch = cur.stages[1].start_epoch
+    plain = stage_batches(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=1), epoch)
+    erased = stage_batches(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=1, reprob=0.25), epoch)
+    again = stage_batches(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=1, reprob=0.25), epoch)
+    x0, xe, xa = (torch.cat([x for x, _ in b]) for b in (plain, erased, again))
+    hit = (x0 != xe).flatten(1).any(1)
+    assert 0.15 < float(hit.float().mean()) < 0.35  # 160 samples, p = 0.25
+    assert torch.equal(xe, xa)
+    labels = torch.cat([y for _, y in plain])
+    per_image = [hit[labels == i].tolist() for i in range(40)]
+    assert any(0 < sum(h) < 4 for h in per_image)  # the uses of one image are erased independently
+
+
+def test_dali_iterator_and_bad_settings(unique_list):
+    from etpp_dali.dali_iterator import DALIStyleIterator
+
+    cur = echo_schedule()
+    assert isinstance(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu").dali_iterator(), DALIStyleIterator)
+    with pytest.raises(ValueError, match="echo = 0"):
+        CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo=0)
+    with pytest.raises(ValueError, match="echo_max = 1.5"):
+        CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo_max=1.5)
+    with pytest.raises(ValueError, match="echo_buffer_mb = 0.01 .* less than one batch"):
+        CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo_buffer_mb=0.01)
+    CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo_buffer_mb=0.01, echo="off")  # no buffer
