@@ -21,7 +21,10 @@ Replay (EfficientTrain++) and echo: a stage with replay factor r has r times few
 in the schedule and r times the steps per epoch, so its steps and compute stay the same. With
 ``echo="augment"`` (the default) the loader decodes each image once and uses it r times, each
 use with its own draws (:mod:`etpp_dali.echo`, :mod:`etpp_dali.echo_run`); ``echo=N`` runs
-every stage at r = N and ``"off"`` at r = 1, with the same steps. ``echo="tensor"`` is the
+every stage at r = N and ``"off"`` at r = 1, with the same steps; ``echo="auto"`` chooses r per
+epoch, up to ``echo_max``, from how long the caller waited for batches in the epoch before
+(:mod:`etpp_dali.echo_auto`; the choices are logged, in :attr:`CurriculumLoader.echo_choices`
+and in the state). ``echo="tensor"`` is the
 reference's replay: ``batch_size // r`` fresh images per step, the rest of the batch drawn
 uniformly, with replacement, from a FIFO buffer of recently produced (augmented) samples,
 which starts empty at each stage (:mod:`etpp_dali.replay`). ``reprob``: random erasing after
