@@ -8,7 +8,7 @@
 # Usage: bench/echo.sh [PHOTOS] [OUTDIR] [ROUNDS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-photos=${1:-/work/shared/data/hymenoptera}
+photos=${1:-../shared/data/hymenoptera}
 out=${2:-bench/results}
 rounds=${3:-3}
 mkdir -p "$out"

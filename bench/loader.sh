@@ -15,7 +15,7 @@
 # Exit status 1 if any loader failed (the other figures are written) or a window was not alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-photos=${1:-/work/shared/data/hymenoptera}
+photos=${1:-../shared/data/hymenoptera}
 out=${2:-bench/results}
 small=${3:-/tmp/etpp-small-jpegs-224-q75}
 stamp=$(date +%Y%m%d)
