@@ -38,7 +38,7 @@ def _run_row(name: str, summary: dict[str, Any], history: list[dict[str, Any]], 
         "outside_training_s": round(total_s - summary["wall_s"], 1),
         "images_seen": sum(r["images"] for r in history), "top1": summary["top1"], "top5": summary["top5"],
         "relative_compute": summary["relative_compute"],
-        "stages": [{"stage": st["stage"], "band": st["band"], "magnitude": st["magnitude"],
+        "stages": [{"stage": st["stage"], "band": st["band"], "magnitude": st["magnitude"], "echo": st.get("echo"),
                     "images_per_s": st["images_per_s"], "loader_share": st["stall_fraction"]}
                    for st in summary["stages"] if st["done"]],
     }

@@ -322,8 +322,8 @@ def _print_summary(s: dict) -> None:
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return
     click.echo("")
-    click.echo(markdown_table(s["stages"], ["stage", "band", "magnitude", "batch", "accumulation", "epochs", "done", "wall_s",
-                                           "images_per_s"]))
+    click.echo(markdown_table(s["stages"], ["stage", "band", "magnitude", "batch", "accumulation", "echo", "epochs", "done",
+                                           "wall_s", "images_per_s"]))
     top = f"top-1 {s['top1']:.1f}%, top-5 {s['top5']:.1f}%" if s.get("top1") is not None else "not evaluated"
     if s.get("ema_top1") is not None:
         top += f" (EMA top-1 {s['ema_top1']:.1f}%)"
@@ -553,11 +553,12 @@ def _train_table(doc: dict) -> str:
     table = markdown_table(doc["runs"], ["run", "schedule", "epochs", "train_s", "outside_training_s", "images_seen",
                                          "top1", "relative_compute", "time_to_baseline_top1_s"])
     stages = "\n".join(f"{r['run']}: " + ", ".join(
-        f"B={s['band']} {s['images_per_s'] or 0:.0f} img/s, loader {s['loader_share'] or 0:.0%}" for s in r["stages"])
+        f"B={s['band']} r={s.get('echo') or 1} {s['images_per_s'] or 0:.0f} img/s, loader {s['loader_share'] or 0:.0%}"
+        for s in r["stages"])
         for r in doc["runs"])
     return (f"{table}\n\nwall-clock speed-up {doc['wall_speedup']}x, compute {doc['compute_speedup']}x, time to the "
             f"baseline's final top-1 ({doc['baseline_final_top1']}) {doc['time_to_accuracy_speedup']}x\n"
-            f"per stage: images/sec and the loader's share of the step time (waiting for data)\n{stages}")
+            f"per stage: echo factor r, images/sec and the loader's share of the step time (waiting for data)\n{stages}")
 
 
 _SEARCH_FLAGS = ("data", "val_split", "model", "resolution", "baseline_budget", "batch_size", "device", "seed",

@@ -30,22 +30,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 __all__ = ["EchoSetting", "EchoEpoch", "EchoSchedule", "parse_echo", "echo_factor_value", "echo_uses", "echo_window", "DEFAULT_ECHO_BUFFER_MB"]
 
 DEFAULT_ECHO_BUFFER_MB = 1024.0
-_MODES = ("augment", "tensor", "off")
+_MODES = ("augment", "tensor", "off", "auto")
 _MAX_WINDOW_BATCHES = 4
 
 
 @dataclass(frozen=True)
 class EchoSetting:
-    """How a loader echoes: ``mode`` is ``"augment"`` (decode once, augment r times), ``"tensor"``
-    (the reference's replay of identical augmented samples) or ``"off"``; ``factor`` fixes r for
-    every stage (None: the schedule's replay factor)."""
+    """How a loader echoes: ``mode`` is ``"augment"`` (decode once, augment r times), ``"auto"``
+    (the same, r measured per epoch: :mod:`etpp_dali.echo_auto`), ``"tensor"`` (the reference's
+    replay of identical augmented samples) or ``"off"``; ``factor`` fixes r for every stage (None:
+    the schedule's replay factor; under ``"auto"`` the factor a stage starts at)."""
 
     mode: str
     factor: int | None
@@ -84,7 +85,7 @@ def parse_echo(echo: str | int, echo_buffer_mb: float) -> EchoSetting:
     if isinstance(echo, str) and echo in _MODES:
         return EchoSetting(echo, None, float(echo_buffer_mb))
     if isinstance(echo, str) and not echo.strip().isdigit():
-        raise ValueError(f"echo = {echo!r} is unknown; use augment, tensor, off or an integer factor >= 1")
+        raise ValueError(f"echo = {echo!r} is unknown; use augment, auto, tensor, off or an integer factor >= 1")
     factor = echo_factor_value(echo, "echo")
     return EchoSetting("augment" if factor > 1 else "off", factor, float(echo_buffer_mb))
 
@@ -137,24 +138,28 @@ class EchoEpoch:
 
 
 class EchoSchedule:
-    """Which epochs of a plan echo before augmentation, and their layouts (the one in hand kept)."""
+    """Which epochs of a plan echo before augmentation, and their layouts (the one in hand kept).
+    ``factor_of(epoch)``: the epoch's echo factor (default: the setting's for its stage)."""
 
-    def __init__(self, plan: Any, setting: EchoSetting) -> None:
+    def __init__(self, plan: Any, setting: EchoSetting, factor_of: Callable[[int], int] | None = None) -> None:
         self.plan, self.setting = plan, setting
+        self.factor_of = factor_of or self._setting_factor
         self.image_bytes = float(np.mean(plan.source.sizes.prod(axis=1))) * 3  # decoded RGB, on average
         self._layouts: dict[int, EchoEpoch] = {}
         for stage in plan.curriculum.stages:  # a buffer too small fails here, before any work
-            if self.echoes(stage.start_epoch):
-                self._fit(stage.start_epoch)
+            if setting.mode == "auto" or (setting.mode == "augment" and self._setting_factor(stage.start_epoch) > 1):
+                echo_window(plan.batch_for_epoch(stage.start_epoch), 1, self.image_bytes, setting.buffer_mb)
+
+    def _setting_factor(self, epoch: int) -> int:
+        return self.setting.factor_for(self.plan.curriculum.stage_at(epoch).replay)
 
     def _fit(self, epoch: int) -> tuple[int, int]:
-        factor = self.setting.factor_for(self.plan.curriculum.stage_at(epoch).replay)
-        return echo_window(self.plan.batch_for_epoch(epoch), factor, self.image_bytes, self.setting.buffer_mb)
+        return echo_window(self.plan.batch_for_epoch(epoch), self.factor_of(epoch), self.image_bytes,
+                           self.setting.buffer_mb)
 
     def echoes(self, epoch: int) -> bool:
         """Whether ``epoch`` runs the decode and augment stages (else the single graph)."""
-        replay = self.plan.curriculum.stage_at(epoch).replay
-        return self.setting.mode == "augment" and self.setting.factor_for(replay) > 1
+        return self.setting.mode in ("augment", "auto") and self.factor_of(epoch) > 1
 
     def layout(self, epoch: int) -> EchoEpoch:
         if epoch not in self._layouts:

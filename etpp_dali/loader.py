@@ -21,7 +21,10 @@ Replay (EfficientTrain++) and echo: a stage with replay factor r has r times few
 in the schedule and r times the steps per epoch, so its steps and compute stay the same. With
 ``echo="augment"`` (the default) the loader decodes each image once and uses it r times, each
 use with its own draws (:mod:`etpp_dali.echo`, :mod:`etpp_dali.echo_run`); ``echo=N`` runs
-every stage at r = N and ``"off"`` at r = 1, with the same steps. ``echo="tensor"`` is the
+every stage at r = N and ``"off"`` at r = 1, with the same steps; ``echo="auto"`` chooses r per
+epoch, up to ``echo_max``, from how long the caller waited for batches in the epoch before
+(:mod:`etpp_dali.echo_auto`; the choices are logged, in :attr:`CurriculumLoader.echo_choices`
+and in the state). ``echo="tensor"`` is the
 reference's replay: ``batch_size // r`` fresh images per step, the rest of the batch drawn
 uniformly, with replacement, from a FIFO buffer of recently produced (augmented) samples,
 which starts empty at each stage (:mod:`etpp_dali.replay`). ``reprob``: random erasing after
@@ -42,6 +45,7 @@ import torch
 from .curriculum import Curriculum, ScheduleError
 from .dali_run import PipelineRunner
 from .echo import DEFAULT_ECHO_BUFFER_MB, EchoEpoch, EchoSchedule, echo_factor_value, parse_echo
+from .echo_auto import AutoEcho
 from .echo_run import DecodeStage, EchoFeed
 from .erasing import RandomErasing
 from .parallel import usable_cores
@@ -172,7 +176,9 @@ class CurriculumLoader:
         self.echo_setting = parse_echo(echo, echo_buffer_mb)
         self.echo_max = echo_factor_value(echo_max, "echo_max")
         self.plan.tensor_replay = self.echo_setting.mode == "tensor"
-        self.echo_schedule = EchoSchedule(self.plan, self.echo_setting)
+        self.auto_echo = AutoEcho(self.plan, self.echo_max, lambda: (self._decoder.seconds, self._decoder.images),
+                                  verbose) if self.echo_setting.mode == "auto" else None
+        self.echo_schedule = EchoSchedule(self.plan, self.echo_setting, self.auto_echo and self.auto_echo.factor)
         self.plan.runs_here = functools.partial(_single_graph, self.echo_schedule)
         self.erasing = RandomErasing(reprob) if reprob > 0 else None
         self.epoch, self.step = 0, 0
@@ -213,10 +219,18 @@ class CurriculumLoader:
     def echo_factor(self, epoch: int | None = None) -> int:
         """The echo factor r the loader runs ``epoch`` at (the current one by default): each decoded
         image serves r samples. It can be below the ``echo`` setting when ``echo_buffer_mb`` holds
-        too few images for it (see :mod:`etpp_dali.echo`)."""
+        too few images for it (see :mod:`etpp_dali.echo`). Under ``echo="auto"``, an epoch whose
+        factor is not chosen yet reads as the factor of the epoch before it (nothing is chosen here)."""
         epoch = self.epoch if epoch is None else epoch
-        return self.echo_layout(epoch).factor if self.echoes(epoch) else \
-            self.echo_setting.factor_for(self.curriculum.stage_at(epoch).replay)
+        if self.auto_echo is not None and epoch not in self.auto_echo.choices:
+            return self.auto_echo.factor(epoch, choose=False)
+        return self.echo_layout(epoch).factor if self.echoes(epoch) else self.echo_schedule.factor_of(epoch)
+
+    @property
+    def echo_choices(self) -> dict[int, int]:
+        """Under ``echo="auto"``: stage index -> the echo factor chosen for its latest epoch so far
+        (empty otherwise)."""
+        return self.auto_echo.stage_choices if self.auto_echo is not None else {}
 
     def echoes(self, epoch: int) -> bool:
         """Whether ``epoch`` runs the two stages of echo before augmentation (else the single graph)."""
@@ -268,15 +282,20 @@ class CurriculumLoader:
             if tag != (epoch, self.step) or produced != (epoch, self.step):
                 raise RuntimeError(f"loader out of step: got batch {tag} for ({epoch}, {self.step})")
             x, y = out["images"], out["labels"].to(self.device, non_blocking=True)
-            self.wait_seconds += time.perf_counter() - t0
+            wait = time.perf_counter() - t0
+            self.wait_seconds += wait
             self.batch_meta = {"epoch": epoch, "step": self.step, "band": x.shape[-1], "magnitude": stage.magnitude,
-                               "stage": stage.index, "fresh": self._fresh_count(epoch, len(y))}
+                               "stage": stage.index, "fresh": self._fresh_count(epoch, len(y)),
+                               "echo": self.echo_factor(epoch)}
             if replay is not None:
                 x, y = replay.complete(x, y, self.batch_for_epoch(epoch), gen)
             if self.erasing is not None:  # after the crop, at the band; replayed samples keep their erasing
                 self.erasing(x, np.random.default_rng([self.seed, epoch, self.step, self.shard_id, _ERASING_STREAM]))
             self.step += 1
+            handed_out = time.perf_counter()
             yield _format(x, self.channels_last, self.dtype), y
+            if self.auto_echo is not None:  # the caller's time away: from the batch handed out to the next call
+                self.auto_echo.record(epoch, self.step - 1, wait, time.perf_counter() - handed_out)
 
     def _start(self, epoch: int) -> PipelineRunner:
         """The runner of ``epoch``'s graph, started at (epoch, step) unless it is there already."""
@@ -314,12 +333,13 @@ class CurriculumLoader:
                 "schedule": self.curriculum.fingerprint(), "batch_size": self.batch_size,
                 "shard_id": self.shard_id, "num_shards": self.num_shards, "dataset_size": len(self.source),
                 "excluded": sorted(self.excluded), "echo": self.echo_setting.describe(),
-                "echo_held": self._held().tolist()}
+                "echo_held": self._held().tolist(),
+                "echo_choices": self.auto_echo.state() if self.auto_echo is not None else []}
 
     def _held(self) -> np.ndarray:
         """Source indices of the decoded images the echo buffer holds at (epoch, step); a resumed run
         decodes them again as its first batches use them."""
-        if self.epoch >= self.curriculum.total_epochs or not self.echoes(self.epoch):
+        if self.epoch >= self.curriculum.total_epochs or self.step == 0 or not self.echoes(self.epoch):
             return np.zeros(0, dtype=np.int64)
         return self.echo_layout(self.epoch).held_before(self.step)
 
@@ -338,6 +358,8 @@ class CurriculumLoader:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.plan.excluded.clear()
         self.plan.excluded.update({int(i): "failed to decode earlier in this run" for i in state.get("excluded", [])})
+        if self.auto_echo is not None:  # the factors chosen so far: the same batches as the run never stopped
+            self.auto_echo.load(state.get("echo_choices", []))
         if self.step >= self.batches_in_epoch(self.epoch) and self.epoch + 1 < self.curriculum.total_epochs:
             self.epoch, self.step = self.epoch + 1, 0
         self._resumed = True

@@ -1,4 +1,5 @@
-"""``summary.json`` of a run: per stage its per-device batch and accumulation, wall-clock,
+"""``summary.json`` of a run: per stage its per-device batch and accumulation, the echo factor
+of its last epoch done (``echo="auto"`` may raise it within a stage), wall-clock,
 images/sec and loader stall; the final accuracy; compute and wall-clock against the
 full-resolution baseline."""
 
@@ -23,7 +24,8 @@ def stage_rows(history: Sequence[dict[str, Any]], curriculum: Curriculum) -> lis
         wait = sum(r["data_wait"] * r["epoch_time"] for r in done)  # data_wait: a fraction of the epoch
         first = done[0] if done else {}
         rows.append({"stage": s.index, "band": s.band, "magnitude": s.magnitude, "epochs": s.epochs,
-                     "batch": first.get("batch"), "accumulation": first.get("accumulation"), "done": len(done),
+                     "batch": first.get("batch"), "accumulation": first.get("accumulation"),
+                     "echo": done[-1].get("echo") if done else None, "done": len(done),
                      "wall_s": round(t, 1), "images_per_s": round(n / t, 1) if t else None,
                      "stall_fraction": round(wait / t, 3) if t else None})
     return rows

@@ -45,18 +45,11 @@ def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.devi
 
 
 def echo_options(cfg: TrainConfig) -> dict[str, Any]:
-    """The loader's echo and erasing keywords, each only where the run sets it away from the
-    loader's default (``echo="augment"`` with the schedule's factors, ``echo_max=4``, the
-    loader's buffer bound, no erasing)."""
-    options: dict[str, Any] = {}
-    if cfg.loader_echo() != "augment":
-        options["echo"] = cfg.loader_echo()
-    if cfg.echo_max != 4:
-        options["echo_max"] = cfg.echo_max
+    """The loader's echo and erasing keywords (``echo_buffer_mb`` only when the recipe sets it:
+    else the loader's bound)."""
+    options: dict[str, Any] = {"echo": cfg.loader_echo(), "echo_max": cfg.echo_max, "reprob": cfg.reprob}
     if cfg.echo_buffer_mb is not None:
         options["echo_buffer_mb"] = cfg.echo_buffer_mb
-    if cfg.reprob:
-        options["reprob"] = cfg.reprob
     return options
 
 

@@ -270,6 +270,7 @@ class Trainer:
             "epoch_time": sums["time"], "data_wait": sums["wait"] / max(1e-9, sums["time"]),
             "compute_fraction": cur.compute_fraction(epoch + 1), "time": self.elapsed,
             "batch": stage.batch or self.cfg.batch_size, "accumulation": self.accumulation(stage),
+            "echo": self.train_loader.echo_factor(epoch),  # decoded images served r samples (auto: chosen)
         }
         if epoch == cur.total_epochs - 1 or (epoch + 1) % self.cfg.val_every == 0:
             t_eval = time.perf_counter()

@@ -105,6 +105,9 @@ class ImagesByIndex:
     def batches_in_epoch(self, epoch: int | None = None) -> int:
         return -(-self.images // self.batch_for_epoch(self.epoch if epoch is None else epoch))
 
+    def echo_factor(self, epoch: int | None = None) -> int:
+        return 1  # every image fresh
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch, self.step = epoch, 0

@@ -134,3 +134,83 @@ def test_dali_iterator_and_bad_settings(unique_list):
     with pytest.raises(ValueError, match="echo_buffer_mb = 0.01 .* less than one batch"):
         CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo_buffer_mb=0.01)
     CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo_buffer_mb=0.01, echo="off")  # no buffer
+
+
+# ---------------------------------------------------------------------------------- echo="auto"
+def test_chooser_picks_the_smallest_factor_that_keeps_the_wait_under_5_percent():
+    from etpp_dali.echo_auto import choose_echo, predicted_wait
+
+    assert choose_echo(0.01, 1.0, 1, 4) == 1            # waited 1%: keeps r
+    assert choose_echo(1.0, 1.0, 1, 4) == 2             # single graph, loader 2 s/step against 1 s away
+    assert choose_echo(2.0, 1.0, 1, 4) == 3             # 3 s/step: r = 2 still waits 33%
+    assert choose_echo(9.0, 1.0, 1, 4) == 4             # even r = 4 waits: capped at echo_max
+    assert choose_echo(9.0, 1.0, 1, 2) == 2
+    assert choose_echo(0.2, 3.0, 2, 4, decode=0.2) == 3  # decode measured apart: r = 3 waits 4.3%
+    assert choose_echo(1.0, 1.0, 2, 4, decode=0.2) == 4  # the augment stage is the bottleneck: capped
+    assert choose_echo(0.5, 1.0, 3, 2) == 3             # never below the factor measured at
+    assert predicted_wait(0.5, 1.5, 2, 2, decode=0.3) == pytest.approx(0.25)  # at its own factor: measured
+    assert predicted_wait(0.2, 3.0, 2, 3, decode=0.2) == pytest.approx(0.1333 / 3.1333, rel=1e-3)
+
+
+def fixed_chooser(monkeypatch, factor):
+    """choose_echo replaced by one that always picks ``factor`` (no timing in the test's outcome)."""
+    from etpp_dali import echo_auto
+
+    monkeypatch.setattr(echo_auto, "choose_echo", lambda *args, **kwargs: factor)
+
+
+def run_epochs(loader, epochs):
+    out = []
+    for e in epochs:
+        out += stage_batches(loader, e)
+    return out
+
+
+def test_auto_applies_the_choice_from_the_second_epoch_of_a_run(unique_list, monkeypatch):
+    fixed_chooser(monkeypatch, 3)
+    cur = echo_schedule(replay=1)  # stages of 4 epochs: band 16 (epochs 0-3), band 24 (4-7)
+    loader = CurriculumLoader(unique_list, cur, batch_size=4, device="cpu", echo="auto", verbose=False)
+    assert loader.echo_factor(1) == 1 and loader.echo_choices == {}  # looking chooses nothing
+    batches = run_epochs(loader, [0, 1, 4, 5])
+    choices = loader.auto_echo.choices  # epochs 2 and 6 too: the feed chose them when it prefetched their batches
+    assert {e: choices[e] for e in (0, 1, 4, 5)} == {0: 1, 1: 3, 4: 1, 5: 3}  # a new band starts at the schedule's r
+    assert loader.echo_choices == {0: 3, 1: 3} and loader.batch_meta["echo"] == 3
+    assert not loader.echoes(4) and loader.echoes(5) and loader.echo_factor(5) == 3
+    assert len(batches) == 4 * len(loader) == 40
+    labels = [torch.cat([y for _, y in batches[i * 10:(i + 1) * 10]]).numpy() for i in range(4)]
+    assert np.array_equal(np.bincount(labels[0], minlength=40), [1] * 40)   # r = 1: each image once
+    assert np.bincount(labels[1]).max() == 3 and len(np.unique(labels[1])) == 14  # r = 3: 14 images
+    assert all(len(set(y.tolist())) == 4 for _, y in batches)  # never two copies in one batch
+    assert loader.state_dict()["echo"] == "auto"
+
+
+def test_auto_choice_is_kept_in_the_state_and_a_resume_yields_the_same_batches(unique_list, monkeypatch):
+    fixed_chooser(monkeypatch, 2)
+    cur = echo_schedule(replay=1)
+    settings = dict(batch_size=4, device="cpu", seed=3, echo="auto", verbose=False)
+    reference = run_epochs(CurriculumLoader(unique_list, cur, **settings), [0, 1])
+    first = CurriculumLoader(unique_list, cur, **settings)
+    got = stage_batches(first, 0)
+    first.set_epoch(1)
+    it = iter(first)
+    got += [next(it) for _ in range(4)]
+    state = first.state_dict()
+    assert state["echo_choices"] == [[0, 1], [1, 2]] and len(state["echo_held"]) > 0
+    fixed_chooser(monkeypatch, 4)  # a resumed run does not choose again: the state's factors hold
+    second = CurriculumLoader(unique_list, cur, **settings)
+    second.load_state_dict(state)
+    second.set_epoch(1)
+    got += list(second)
+    assert second.echo_factor(1) == 2 and len(got) == len(reference) == 20
+    for (x, y), (rx, ry) in zip(got, reference):
+        assert torch.equal(y, ry) and torch.equal(x, rx)
+
+
+def test_auto_bad_settings_say_which(unique_list):
+    cur = echo_schedule(replay=1)
+    for bad in (0, -1, 2.5, "x"):
+        with pytest.raises(ValueError, match="echo_max = "):
+            CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo="auto", echo_max=bad)
+    with pytest.raises(ValueError, match="echo_buffer_mb = 0.01 .* less than one batch"):
+        CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo="auto", echo_buffer_mb=0.01)
+    assert parse_echo("auto", 100).mode == "auto"
