@@ -14,8 +14,11 @@ Stage k accumulates ``global_batch / (b_k x world)`` micro-batches per optimiser
 be a whole number. The rule ``auto`` scales the base batch by ``(R/B_k)^2``: a sample's
 activations, and for a convnet its compute, scale with ``B^2``, so a micro-batch at a small band
 then costs no more memory than one at full resolution and fills the device the same way. The
-result is rounded down to the largest divisor of ``global_batch / world`` (so the accumulation is
-whole), at most ``stage_batch_cap`` when one is given. On one device the batch can grow only up
+result is rounded to the nearest divisor of ``global_batch / world`` by ratio (so the
+accumulation is whole; with power-of-two batches a micro-batch then takes at most about 1.4x the
+memory of a full-resolution one: measured on the demo, 128 rather than 64 at B = 46 of R = 64
+made those stages 1.1x faster), never above the global batch per device nor ``stage_batch_cap``
+when one is given. On one device the batch can grow only up
 to the global batch: a larger global batch, accumulated at the large bands, leaves room.
 
 This module imports neither torch nor DALI.
@@ -23,6 +26,7 @@ This module imports neither torch nor DALI.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from .curriculum import Curriculum, Stage
@@ -43,10 +47,12 @@ def global_batch_size(batch_size: int, global_batch: int | None, world: int) -> 
 
 
 def auto_stage_batch(batch_size: int, band: int, resolution: int, per_device: int, cap: int | None = None) -> int:
-    """``batch_size x (resolution / band)^2``, rounded down to the largest divisor of
-    ``per_device`` (the global batch over the devices) and at most ``cap``."""
-    limit = min(batch_size * resolution * resolution // (band * band), per_device, cap or per_device)
-    return max(d for d in range(1, max(1, limit) + 1) if per_device % d == 0)
+    """``batch_size x (resolution / band)^2``, rounded to the nearest divisor of ``per_device``
+    (the global batch over the devices) by ratio, the smaller on a tie, and at most ``cap``."""
+    target = batch_size * (resolution / band) ** 2
+    limit = min(per_device, cap or per_device)
+    divisors = [d for d in range(1, limit + 1) if per_device % d == 0]
+    return min(divisors, key=lambda d: (abs(math.log(d / target)), d))
 
 
 def accumulation(stage: Stage, batch_size: int, global_batch: int, world: int) -> int:

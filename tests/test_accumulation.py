@@ -31,13 +31,14 @@ def two_stage_file(tmp_path: Path) -> Path:
 def test_auto_scales_with_the_inverse_area_and_divides_the_global_batch():
     assert auto_stage_batch(64, 64, 64, per_device=256) == 64
     assert auto_stage_batch(64, 32, 64, per_device=256) == 256  # 64 x 4
-    assert auto_stage_batch(64, 46, 64, per_device=256) == 64   # 123.9: the largest divisor of 256 below
-    assert auto_stage_batch(64, 46, 64, per_device=384) == 96   # a global batch with more divisors
+    assert auto_stage_batch(64, 46, 64, per_device=256) == 128  # 123.9: the nearest divisor of 256 by ratio
+    assert auto_stage_batch(64, 56, 64, per_device=256) == 64   # 83.6: nearer 64 than 128 by ratio
+    assert auto_stage_batch(64, 56, 64, per_device=384) == 96   # a global batch with more divisors
     assert auto_stage_batch(64, 28, 64, per_device=256) == 256  # 334 capped at the global batch
     assert auto_stage_batch(64, 28, 64, per_device=256, cap=200) == 128
     cur = Curriculum.preset("etpp", budget=12, resolution=64)
     auto = resolve_stage_batches(cur, batch_size=64, global_batch=256, stage_batch="auto")
-    assert [s.batch for s in auto.stages] == [256, 256] + [0] * 8  # 0: the run's batch
+    assert [s.batch for s in auto.stages] == [256, 256] + [128] * 4 + [0] * 4  # 0: the run's batch
     assert [s.epochs for s in auto.stages] == [s.epochs for s in cur.stages]
     assert auto.total_compute == cur.total_compute
     two = resolve_stage_batches(cur, batch_size=32, global_batch=256, world=2, stage_batch="auto")

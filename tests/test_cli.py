@@ -66,7 +66,7 @@ def test_schedule_table_shows_each_stages_batch_and_accumulation():
     res = run(*args, "--stage-batch", "auto")
     assert res.exit_code == 0 and "global batch 256 over 1 device(s)" in res.output
     rows = [line.split() for line in res.output.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 10]
-    assert [(r[1], r[8], r[9]) for r in rows] == [("28", "256", "1")] * 2 + [("46", "64", "4")] * 4 + \
+    assert [(r[1], r[8], r[9]) for r in rows] == [("28", "256", "1")] * 2 + [("46", "128", "2")] * 4 + \
         [("64", "64", "4")] * 4
     doc = json.loads(run(*args, "--stage-batch", ",".join(["128"] * 2 + ["0"] * 8), "--devices", "2", "--json").output)
     assert [(s["batch"], s["accumulation"]) for s in doc["stages"]][:3] == [(128, 1), (128, 1), (64, 2)]
