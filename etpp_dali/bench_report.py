@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .bench_loaders import BREAKDOWN, DEFAULT_LOADERS, LOADERS, PEERS
+from .bench_loaders import BREAKDOWN, LOADERS, PEERS
 
 __all__ = ["loader_tables", "plot_loader_bench"]
 
@@ -19,6 +19,10 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{entry['median']:,.0f} ({entry['min']:,.0f}-{entry['max']:,.0f})"
 
 
+# every loader but the breakdown's cuts of our graph (they have a table of their own)
+_TABLE_LOADERS = tuple(n for n in LOADERS if n not in BREAKDOWN or n == "ours")
+
+
 def _measured(doc: dict[str, Any], names: Any) -> list[str]:
     return [n for n in names if n in doc["results"]]
 
@@ -27,7 +31,7 @@ def _rates_table(doc: dict[str, Any]) -> list[str]:
     bands = doc["settings"]["bands"]
     out = ["| loader | " + " | ".join(f"B = {b}" for b in bands) + " | cores busy | memory (MiB) |",
            "|---|" + "---|" * (len(bands) + 2)]
-    for name in _measured(doc, DEFAULT_LOADERS):
+    for name in _measured(doc, _TABLE_LOADERS):
         per_band = doc["results"][name]
         cells = [_cell(per_band.get(str(b)) or per_band.get("all")) for b in bands]
         cores = max(e["cores_busy"] for e in per_band.values())
@@ -96,7 +100,7 @@ def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
 
     plt = pyplot()
     bands = doc["settings"]["bands"]
-    names = _measured(doc, DEFAULT_LOADERS)
+    names = _measured(doc, _TABLE_LOADERS)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
@@ -128,7 +132,7 @@ def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
 
 def _colour(name: str) -> str:
     """One colour per loader in both panels."""
-    return f"C{DEFAULT_LOADERS.index(name) % 10}"
+    return f"C{list(LOADERS).index(name) % 10}"
 
 
 def _band_axis(ax: Any, bands: list[int], width: float, count: int, ylabel: str) -> None:
