@@ -15,13 +15,36 @@ def test_posterize_guard_gives_black_for_zero_bits():
     assert np.asarray(aa.NAME_TO_OP["PosterizeIncreasing"](img, 1)).max() == 128
 
 
+def _posterize_bits_seen(tf) -> list[int]:
+    """Wrap the transform's posterize ops so that the bits each call keeps are recorded."""
+    from timm.data.auto_augment import AugmentOp
+
+    seen = []
+    ops = [t for t in tf.transforms if hasattr(t, "ops")][0].ops  # timm's RandAugment
+    for op in ops:
+        if isinstance(op, AugmentOp) and op.name.startswith("Posterize"):
+            def recording(img, bits, _fn=op.aug_fn, **kw):
+                seen.append(bits)
+                return _fn(img, bits, **kw)
+            op.aug_fn = recording
+    return seen
+
+
 @pytest.mark.parametrize("band", [16, 32])
-def test_reference_transform_shape(band):
-    tf = reference_transform(32, band, 9)
+def test_reference_transform_shape_and_the_0_bit_posterize(band):
+    """At m = 10 about half of the posterize draws keep 0 bits (Pillow 13 raises on that without
+    the guard): the case is reached and the output is still a proper tensor."""
+    tf = reference_transform(32, band, 10)
+    seen = _posterize_bits_seen(tf)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
-    for _ in range(20):  # m = 9 with noise reaches the 0-bit posterize now and then
+    torch.manual_seed(0)
+    import random
+
+    random.seed(0)
+    for _ in range(200):
         x = tf(img)
         assert x.shape == (3, band, band) and x.dtype == torch.float32
+    assert 0 in seen, f"the 0-bit posterize was never drawn (bits seen: {sorted(set(seen))})"
 
 
 def test_reference_loader_runs_in_spawned_workers(tmp_path):
