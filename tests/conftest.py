@@ -61,3 +61,12 @@ def demo_root(tmp_path_factory) -> Path:
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo") / "set",
                               DemoSpec(classes=4, train_per_class=24, val_per_class=6, size=48))
+
+
+@pytest.fixture(scope="module")
+def unique_list(demo_root, tmp_path_factory):
+    """A file list of 40 demo images where every image has its own label, so labels name the samples."""
+    files = sorted((demo_root / "train").rglob("*.jpg"))[:40]
+    path = tmp_path_factory.mktemp("list") / "unique.txt"
+    path.write_text("\n".join(f"{f} {i}" for i, f in enumerate(files)))
+    return path

@@ -15,15 +15,6 @@ def echo_schedule(replay=4, budget=8):
     return Curriculum(stages, budget=budget, resolution=32, split="epochs")
 
 
-@pytest.fixture(scope="module")
-def unique_list(demo_root, tmp_path_factory):
-    """A file list where every image has its own label (test_loader's too: a conftest fixture to share)."""
-    files = sorted((demo_root / "train").rglob("*.jpg"))[:40]
-    path = tmp_path_factory.mktemp("list") / "unique.txt"
-    path.write_text("\n".join(f"{f} {i}" for i, f in enumerate(files)))
-    return path
-
-
 @pytest.mark.parametrize("fresh,uses,factor,window", [(40, 160, 4, 8), (40, 158, 4, 16), (100, 300, 3, 8)])
 def test_uses_each_image_factor_times_never_twice_in_a_batch(fresh, uses, factor, window):
     order = echo_uses(fresh, uses, factor, window)

@@ -13,10 +13,7 @@ from etpp_dali.dali_iterator import DALIStyleIterator
 
 pytest.importorskip("nvidia.dali")
 
-import test_loader  # noqa: E402
 from etpp_dali.loader import CurriculumLoader  # noqa: E402
-
-unique_list = test_loader.unique_list  # 40 images, each with its own label, so labels name the samples
 
 
 def schedule():

@@ -16,15 +16,6 @@ def small_schedule(resolution=32, replay=1, budget=2):
     return Curriculum(stages, budget=budget, resolution=resolution, split="epochs")
 
 
-@pytest.fixture(scope="module")
-def unique_list(demo_root, tmp_path_factory):
-    """A file list where every image has its own label, so labels name the samples."""
-    files = sorted((demo_root / "train").rglob("*.jpg"))[:40]
-    path = tmp_path_factory.mktemp("list") / "unique.txt"
-    path.write_text("\n".join(f"{f} {i}" for i, f in enumerate(files)))
-    return path
-
-
 def epoch_labels(loader, epoch):
     loader.set_epoch(epoch)
     return [y.clone() for _, y in loader]
