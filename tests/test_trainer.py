@@ -413,7 +413,7 @@ def test_paper_recipes_erase_and_step_on_a_global_batch_the_demo_does_not_erase(
         assert cfg.learning_rate(cfg.global_batch_size(1)) == pytest.approx(1e-3), name
     assert rows["demo"].reprob == 0.0
     resnet = rows["resnet50_etpp"].curriculum(1)
-    assert [s.batch for s in resnet.stages] == [512] * 2 + [0] * 8  # 128 x (224/B)^2 down to a divisor of 1024: 696 -> 512, 251 -> 128
+    assert [s.batch for s in resnet.stages] == [512] * 2 + [256] * 4 + [0] * 4  # 128 x (224/B)^2 to the nearest divisor of 1024: 696 -> 512, 251 -> 256
     assert all(s.batch == 0 for s in rows["resnet50_etpp"].curriculum(8).stages)  # 1024 / 8 = 128 already
 
 
