@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The schedule search on the embedded demo set (the demo recipe: resnet10t at R = 64, E = 12),
 # then its schedule, the ET++ preset at the same budget and the 18-epoch baseline, each trained
-# with the same trainer, recipe and seed. Issue 14 is done when the search ends within 15
-# minutes on 2 idle cores and the searched schedule's top-1 is not below the ET++ preset's nor
-# more than 1 point below the baseline's (both checks are in the JSON).
+# with the same trainer, recipe and seed. What to look for: the search ends within 15 minutes
+# on 2 idle cores, and the searched schedule's top-1 is not below the ET++ preset's nor more than
+# 1 point below the baseline's (both checks are in the JSON).
 # Usage: bench/search.sh [OUTDIR]
 set -euo pipefail
 out=${1:-bench/results}

@@ -162,7 +162,7 @@ def bench_crop_pipeline(files: Sequence[str], *, bands: Sequence[int] = (96, 160
     """Decode, random crop to R, flip, then the crop to B (normalised) vs the resize to B.
 
     Per band, the pipelines run in turn for ``rounds`` rounds of ``steps`` batches each; the
-    medians are compared (the issue's target: exact crop >= 85% of the resize's images/sec).
+    medians are compared (the exact crop should keep at least 85% of the resize's images/sec).
     """
     import torch
 
