@@ -315,11 +315,9 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
 def _print_summary(s: dict) -> None:
     from .benchmark import markdown_table
 
-    if not s:
-        return
-    import torch
+    from .distributed import is_rank0
 
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+    if not s or not is_rank0():
         return
     click.echo("")
     click.echo(markdown_table(s["stages"], ["stage", "band", "magnitude", "batch", "accumulation", "echo", "epochs", "done",

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_open", "save_with", "write_text_atomic", "write_bytes_atomic"]
+__all__ = ["atomic_path", "atomic_open", "save_with", "write_text_atomic"]
 
 
 @contextmanager
@@ -52,13 +52,6 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically; returns the path."""
     with atomic_open(path, "w") as f:
         f.write(text)
-    return Path(path)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path."""
-    with atomic_open(path, "wb") as f:
-        f.write(data)
     return Path(path)
 
 

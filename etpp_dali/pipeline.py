@@ -30,10 +30,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
-import torch
 
-from .dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255, LOWPASS_MODES
-from .parallel import map_threads, usable_cores
+from .dali_ops import (IMAGENET_MEAN_255, IMAGENET_STD_255, LOWPASS_MODES, map_samples, resize_hwc,
+                       torch_resize_mode)
 from .randaugment import RandAugmentParams, sample_randaugment
 
 __all__ = ["PipelineConfig", "TrainBatch", "ValBatch", "TRAIN_OUTPUTS", "VAL_OUTPUTS", "define_train_pipeline",
@@ -245,18 +244,26 @@ def named_external_source(feed: Callable[[], tuple], names: Sequence[str]) -> di
 def _train_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     from nvidia.dali import fn
 
-    from .dali_ops import apply_randaugment, lowpass, resize
+    from .dali_ops import resize
 
     fed = named_external_source(feed, TrainBatch.feed_names(cfg.randaugment))
-    band = fed["band"]
     img = fn.decoders.image_slice(fed["encoded"], fed["anchor"], fed["shape"], axis_names="HW",
                                   normalized_anchor=False, normalized_shape=False, **_decoder_args(cfg))
     img = resize(img, size=(cfg.resolution, cfg.resolution), interpolation=cfg.interpolation)
+    return _augment_and_cut(img, fed, cfg)
+
+
+def _augment_and_cut(img: Any, fed: dict[str, Any], cfg: PipelineConfig) -> dict[str, Any]:
+    """What both training graphs do to an R x R image: flip, RandAugment, the low-pass to the band."""
+    from nvidia.dali import fn
+
+    from .dali_ops import apply_randaugment, lowpass
+
     img = fn.flip(img, horizontal=fed["flip"])
     if cfg.randaugment:
         matrix, geometric, colour, value = (fed[name] for name in TrainBatch.AUGMENT_FEED)
         img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution))
-    img = lowpass(img, band, mode=cfg.lowpass, mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
+    img = lowpass(img, fed["band"], mode=cfg.lowpass, mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
     return {"images": img, "labels": fed["labels"], "tag": fed["tag"]}
 
 
@@ -265,20 +272,16 @@ class _WindowResize:
     with the same torch kernels as :func:`etpp_dali.dali_ops.resize` on the CPU."""
 
     def __init__(self, size: tuple[int, int], interpolation: str) -> None:
-        self.size, self.mode = size, "bicubic" if interpolation == "cubic" else "bilinear"
+        self.size, self.mode = size, torch_resize_mode(interpolation)
 
     def _one(self, item: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         img, anchor, shape = item
         (y, x), (h, w) = anchor.astype(np.int64), shape.astype(np.int64)
-        window = torch.from_numpy(img[y:y + h, x:x + w]).unsqueeze(0).permute(0, 3, 1, 2)
-        out = torch.nn.functional.interpolate(window, size=self.size, mode=self.mode, antialias=True,
-                                              align_corners=False)
-        return out.permute(0, 2, 3, 1)[0].numpy()
+        return resize_hwc(img[y:y + h, x:x + w], self.size, self.mode)
 
     def __call__(self, images: list[np.ndarray], anchors: list[np.ndarray],
                  shapes: list[np.ndarray]) -> list[np.ndarray]:
-        return map_threads(self._one, list(zip(images, anchors, shapes)), workers=min(4, usable_cores()),
-                           min_items=8)
+        return map_samples(self._one, list(zip(images, anchors, shapes)))
 
 
 def _window_resize(img: Any, anchor: Any, shape: Any, cfg: PipelineConfig) -> Any:
@@ -322,8 +325,6 @@ def _echo_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     """The augment stage of echo: decoded images in (on the loader's device), training samples out."""
     from nvidia.dali import fn
 
-    from .dali_ops import apply_randaugment, lowpass
-
     names = ECHO_FEED + (TrainBatch.AUGMENT_FEED if cfg.randaugment else ())
     split = _SplitFeed(feed)
     (decoded,) = fn.external_source(source=split.images, num_outputs=1, batch=True, device=cfg.device,
@@ -331,12 +332,7 @@ def _echo_graph(cfg: PipelineConfig, feed: Callable[[], tuple]):
     draws = fn.external_source(source=split.draws, num_outputs=len(names) - 1, batch=True)
     fed = dict(zip(names, [decoded, *draws]))
     img = _window_resize(fed["decoded"], fed["anchor"], fed["shape"], cfg)
-    img = fn.flip(img, horizontal=fed["flip"])
-    if cfg.randaugment:
-        matrix, geometric, colour, value = (fed[name] for name in TrainBatch.AUGMENT_FEED)
-        img = apply_randaugment(img, matrix, geometric, colour, value, (cfg.resolution, cfg.resolution))
-    img = lowpass(img, fed["band"], mode=cfg.lowpass, mean=cfg.mean, std=cfg.std, backend=cfg.fourier_backend)
-    return {"images": img, "labels": fed["labels"], "tag": fed["tag"]}
+    return _augment_and_cut(img, fed, cfg)
 
 
 def _decode_graph(cfg: PipelineConfig, feed: Callable[[], tuple] | None):
@@ -353,17 +349,10 @@ class _ResizeEach:
     kernels (the CPU resize of :func:`etpp_dali.dali_ops.resize`, with per-sample sizes)."""
 
     def __init__(self, interpolation: str) -> None:
-        self.mode = "bicubic" if interpolation == "cubic" else "bilinear"
-
-    def _one(self, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        img, size = pair
-        x = torch.from_numpy(img).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last view, no copy
-        y = torch.nn.functional.interpolate(x, size=(int(size[0]), int(size[1])), mode=self.mode,
-                                            antialias=True, align_corners=False)
-        return y.permute(0, 2, 3, 1)[0].numpy()  # HWC, contiguous
+        self.mode = torch_resize_mode(interpolation)
 
     def __call__(self, images: list[np.ndarray], sizes: list[np.ndarray]) -> list[np.ndarray]:
-        return map_threads(self._one, list(zip(images, sizes)), workers=min(4, usable_cores()), min_items=8)
+        return map_samples(lambda pair: resize_hwc(pair[0], pair[1], self.mode), list(zip(images, sizes)))
 
 
 def _resize_each(img: Any, size: Any, interpolation: str) -> Any:
