@@ -231,7 +231,8 @@ def find_recipe(name: str) -> Path:
 @click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the embedded demo set).")
 @click.option("--val-split", type=float, default=None, help="Hold out this fraction of train when there is no val/.")
 @click.option("--model", default=None, help="Any timm model name.")
-@click.option("--preset", default=None, help="etpp, et, baseline or a schedule file.")
+@click.option("--preset", default=None, help="etpp, et, baseline or a schedule file (a file keeps its own budget "
+              "unless --budget is given: the recipe's budget belongs to the recipe's preset).")
 @click.option("--family", type=click.Choice(sorted(FAMILIES)), default=None)
 @click.option("--budget", type=float, default=None, help="Budget E (full-resolution epochs of compute).")
 @click.option("--resolution", type=int, default=None, help="Full resolution R.")
@@ -287,6 +288,8 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
         values = load_recipe(find_recipe(recipe or "demo")) if (recipe or not flags.get("data")) else {}
         if not recipe and flags.get("data"):
             values["name"] = Path(flags["data"]).name or "run"
+        if _is_schedule_file(flags.get("preset")) and flags.get("budget") is None:
+            values.pop("budget", None)  # the recipe's budget is its own preset's: the file's governs
         values.update({key: value for key, value in flags.items() if value is not None})  # flags are named as the fields
         if flags.get("stage_batch") is not None:
             values["stage_batch"] = _stage_batch_option(flags["stage_batch"])
@@ -310,6 +313,12 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
     except TypeError as exc:  # an unknown TrainConfig key that slipped past the recipe check
         _fail(f"bad setting: {exc}")
     _print_summary(summary)
+
+
+def _is_schedule_file(preset: str | None) -> bool:
+    from .presets import PRESETS
+
+    return preset is not None and preset not in PRESETS and Path(preset).is_file()
 
 
 def _print_summary(s: dict) -> None:
@@ -580,6 +589,9 @@ _SEARCH_FLAGS = ("data", "val_split", "model", "resolution", "baseline_budget", 
               "scaled to R).")
 @click.option("--proxy-fraction", type=float, default=0.5, show_default=True,
               help="Share of the training set (and so of each run's cost) the proxy trains on.")
+@click.option("--proxy-seeds", type=int, default=2, show_default=True,
+              help="Proxy runs (seeds) averaged per schedule: each seed costs one more run a schedule and "
+              "lowers the run-to-run noise of the proxy top-1.")
 @click.option("--tolerance", type=float, default=0.5, show_default=True,
               help="Points of proxy top-1 a smaller band may lose against full resolution.")
 @click.option("--batch-size", type=int, default=None, help="Global batch size per step.")
@@ -589,8 +601,8 @@ _SEARCH_FLAGS = ("data", "val_split", "model", "resolution", "baseline_budget", 
 @click.option("--output", default="runs/search", show_default=True,
               help="Folder for the schedule, the trials and the cached proxy runs (rerun to resume).")
 @click.option("--dry-run", is_flag=True, help="Print the proxy cost and stop.")
-def search(recipe, budget, wall_clock_budget, stages, candidates, proxy_fraction, tolerance, output, dry_run,
-           **flags) -> None:
+def search(recipe, budget, wall_clock_budget, stages, candidates, proxy_fraction, proxy_seeds, tolerance, output,
+           dry_run, **flags) -> None:
     """Search the bands of a schedule stage by stage with short proxy trainings; write a schedule
     file that `etpp train --preset FILE` takes."""
     from .proxy import SearchInterrupted
@@ -607,7 +619,8 @@ def search(recipe, budget, wall_clock_budget, stages, candidates, proxy_fraction
         train_args = (["--recipe", recipe] if recipe else []) + [
             f"--{k.replace('_', '-')} {flags[k]}" for k in _SEARCH_FLAGS if flags.get(k) is not None]
         result = run_search(cfg, space, output=output, budget=budget, wall_clock_budget=wall_clock_budget,
-                            proxy_fraction=proxy_fraction, dry_run=dry_run, train_args=train_args, log=click.echo)
+                            proxy_fraction=proxy_fraction, proxy_seeds=proxy_seeds, dry_run=dry_run,
+                            train_args=train_args, log=click.echo)
     except (SearchError, RecipeError, ScheduleError) as exc:
         _fail(str(exc))
     except SearchInterrupted as exc:

@@ -6,8 +6,9 @@ class-balanced subset of the training set, scored on the whole validation split.
   links to the original files: ``train/`` and ``val/`` (the data set's own val split, or, with
   ``--val-split``, a seeded class-balanced hold-out of train that the subset never draws from).
 - A proxy run trains the candidate schedule unchanged, with its data epochs, on the subset: it
-  costs ``fraction`` of what the schedule's full run costs. Every run of one search uses the
-  same seed, so candidates differ only by their schedule.
+  costs ``fraction`` of what the schedule's full run costs. A schedule's proxy top-1 is the mean
+  of ``--proxy-seeds`` runs (seeds ``seed``, ``seed + 1``, ...; default 2); every schedule of one
+  search uses the same seeds, so candidates differ only by their schedule.
 - The cache: each run lives in ``runs/<key>/``, ``key`` being a hash of everything that
   determines the run (the schedule, every training setting that changes the result, the
   subset's files). ``result.json`` there marks it done; a search run again with the same
@@ -139,25 +140,34 @@ def plan_proxy_data(data: str | Path, out: str | Path, *, fraction: float, seed:
 
 
 class TrainerProxy:
-    """``proxy(schedule) -> top1``: a cached proxy run of ``schedule`` with the settings of
-    ``base`` on ``data``; runs live under ``runs``."""
+    """``proxy(schedule) -> top1``: the mean proxy top-1 of ``seeds`` cached runs of ``schedule``
+    (seeds ``base.seed``, ``base.seed + 1``, ...) with the settings of ``base`` on ``data``; runs
+    live under ``runs``. More seeds cost more runs and shrink the run-to-run noise that a
+    tolerance of half a point is otherwise smaller than."""
 
-    def __init__(self, base: "TrainConfig", data: ProxyData, runs: str | Path,
+    def __init__(self, base: "TrainConfig", data: ProxyData, runs: str | Path, *, seeds: int = 1,
                  on_start: Callable[[Curriculum, bool], None] | None = None) -> None:
+        if not isinstance(seeds, int) or seeds < 1:
+            raise SearchError(f"--proxy-seeds {seeds!r} must be an integer >= 1 (proxy runs averaged per schedule)")
         self.base = base
         self.data = data
         self.runs = Path(runs)
+        self.seeds = seeds
         self.on_start = on_start or (lambda schedule, resumed: None)
         self.last_seconds = 0.0
 
-    def key(self, schedule: Curriculum) -> str:
-        blob = json.dumps({"version": CACHE_VERSION, "schedule": schedule.to_dict(), "train": training_settings(self.base),
-                           "data": self.data.fingerprint}, sort_keys=True).encode()
+    def _seeded(self, i: int) -> "TrainConfig":
+        return dataclasses.replace(self.base, seed=self.base.seed + i)
+
+    def key(self, schedule: Curriculum, seed_index: int = 0) -> str:
+        blob = json.dumps({"version": CACHE_VERSION, "schedule": schedule.to_dict(),
+                           "train": training_settings(self._seeded(seed_index)), "data": self.data.fingerprint},
+                          sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def cached(self, schedule: Curriculum) -> dict[str, Any] | None:
-        """The recorded result of ``schedule``'s run, if it finished before."""
-        path = self.runs / self.key(schedule) / "result.json"
+    def cached(self, schedule: Curriculum, seed_index: int = 0) -> dict[str, Any] | None:
+        """The recorded result of ``schedule``'s run with seed ``base.seed + seed_index``, if it finished before."""
+        path = self.runs / self.key(schedule, seed_index) / "result.json"
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
@@ -170,21 +180,25 @@ class TrainerProxy:
         from .trainer import train
 
         t0 = time.perf_counter()
-        done = self.cached(schedule)
-        if done is None:
-            folder = self.runs / self.key(schedule)
-            resume = (folder / "last.pt").is_file()
-            self.on_start(schedule, resume)
-            done = self._finish(folder, train(self._config(schedule, folder), resume=str(folder) if resume else None))
+        scores = []
+        for i in range(self.seeds):
+            done = self.cached(schedule, i)
+            if done is None:
+                folder = self.runs / self.key(schedule, i)
+                resume = (folder / "last.pt").is_file()
+                self.on_start(schedule, resume)
+                cfg = self._config(self._seeded(i), schedule, folder)
+                done = self._finish(folder, train(cfg, resume=str(folder) if resume else None))
+            scores.append(float(done["top1"]))
         self.last_seconds = time.perf_counter() - t0
-        return float(done["top1"])
+        return sum(scores) / len(scores)
 
-    def _config(self, schedule: Curriculum, folder: Path) -> "TrainConfig":
+    def _config(self, base: "TrainConfig", schedule: Curriculum, folder: Path) -> "TrainConfig":
         folder.mkdir(parents=True, exist_ok=True)
         schedule_file = folder / "schedule.json"
         write_text_atomic(schedule_file, json.dumps(schedule.to_dict(), indent=2) + "\n")
         return dataclasses.replace(
-            self.base, name=f"proxy-{folder.name}", data=str(self.data.materialise()), val_split=None,
+            base, name=f"proxy-{folder.name}", data=str(self.data.materialise()), val_split=None,
             preset=str(schedule_file), budget=None, resolution=schedule.resolution, replay=False, baseline=False,
             baseline_budget=None, output=str(folder), val_every=10**9, progress=False, tensorboard=False)
 

@@ -8,16 +8,26 @@ this project's own design.
 **The schedules searched.** ``S`` stages; stage k has RandAugment magnitude ``m_k = 10 k / S``
 (the presets' m = stage index for S = 10) and owns an equal share of the budget:
 
-- ``--budget E``: ``E / S`` full-resolution epochs of compute, as in the ET++ presets. A stage
-  at band B runs ``(E / S) (R / B)**alpha`` data epochs, rounded as the curriculum rounds
-  (:class:`ComputeBudget`).
-- ``--wall-clock-budget W``: ``W / S`` seconds. A stage at band B runs ``floor(W / S / t(B))``
-  data epochs, ``t(B)`` being the predicted seconds of one data epoch at B on this machine,
-  from the same measurement as ``etpp schedule --measure`` (:class:`WallClockBudget`).
+- ``--budget E``: ``E / S`` full-resolution epochs of compute, as in the ET++ presets; one data
+  epoch at band B costs ``c(B) = (B / R)**alpha`` of them (:class:`ComputeBudget`).
+- ``--wall-clock-budget W``: ``W / S`` seconds; one data epoch at band B costs ``c(B) = t(B)``,
+  its predicted seconds on this machine, from the same measurement as ``etpp schedule
+  --measure`` (:class:`WallClockBudget`).
 
-So every candidate schedule spends the same budget, and candidates are compared at equal
-cost. A schedule is *affordable* when every stage gets at least one whole data epoch; a
-candidate the budget cannot afford is never run.
+Whole data epochs (:func:`allocate_epochs`): stage k runs the most epochs that keep the cost
+of stages 0..k within their shares, ``(k + 1) W / S``::
+
+    n_k = floor(((k + 1) W / S - sum_{j<k} n_j c(B_j)) / c(B_k))
+
+so what rounding leaves over passes to the next stage, and no schedule ever spends more than
+the budget. (The presets' integer arithmetic rounds each band's whole run on its own, which
+can spend more than ``W / S`` on a stage whose band differs from its neighbours'.) All stages
+at one band get the presets' whole run, spread within one epoch of theirs. The schedule is written with its data
+epochs (``split: epochs``), so ``etpp train --preset FILE`` trains exactly what was scored.
+
+So every candidate schedule spends the same budget, up to the rounding of its last stage, and
+candidates are compared at equal cost. A schedule is *affordable* when every stage gets at
+least one whole data epoch; a candidate the budget cannot afford is never run.
 
 **The search.** Stage by stage, from the first:
 
@@ -44,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from .curriculum import BASELINE_BUDGET, Curriculum, ScheduleError, StageSpec, scale_band
+from .curriculum import BASELINE_BUDGET, Curriculum, StageSpec, scale_band
 from .files import write_text_atomic
 from .schedule_file import DEFAULT_BUDGET, MIN_BAND
 
@@ -52,7 +62,7 @@ if TYPE_CHECKING:
     from .trainer import TrainConfig
 
 __all__ = ["DEFAULT_CANDIDATES", "SearchError", "SearchSpace", "ComputeBudget", "WallClockBudget", "Trial",
-           "SearchResult", "sequential_search", "max_proxy_runs", "schedule_yaml", "trial_rows", "trials_table",
+           "SearchResult", "allocate_epochs", "sequential_search", "max_proxy_runs", "schedule_yaml", "trial_rows", "trials_table",
            "plot_search", "run_search"]
 
 DEFAULT_CANDIDATES = (96, 128, 160, 192, 224)  # at 224 px; scaled to the resolution
@@ -108,6 +118,30 @@ class SearchSpace:
 
 
 # ------------------------------------------------------------------------------ budgets
+def allocate_epochs(epoch_costs: Sequence[float], total: float) -> list[int]:
+    """Whole data epochs per stage when each of the ``S`` stages owns ``total / S`` and one data
+    epoch of stage k costs ``epoch_costs[k]``: stage k runs the most epochs that keep stages
+    0..k within their shares (the module docstring), so the sum never exceeds ``total``."""
+    stages, spent, epochs = len(epoch_costs), 0.0, []
+    for k, cost in enumerate(epoch_costs):
+        n = max(0, math.floor((total * (k + 1) / stages - spent) / cost + _EPS))
+        epochs.append(n)
+        spent += n * cost
+    return epochs
+
+
+def _epochs_schedule(bands: Sequence[int], epochs: Sequence[int], space: SearchSpace, *, alpha: float,
+                     baseline_budget: float, name: str) -> Curriculum | None:
+    """The schedule that runs ``epochs[k]`` data epochs at ``bands[k]`` (``split: epochs``, the
+    shares being the epochs over their sum), or None when some stage gets no whole epoch."""
+    if min(epochs) < 1:
+        return None
+    total = sum(epochs)
+    specs = [StageSpec(int(b), m, n / total) for b, m, n in zip(bands, space.magnitudes(), epochs)]
+    return Curriculum(specs, budget=total, resolution=space.resolution, split="epochs", alpha=alpha,
+                      baseline_budget=baseline_budget, name=name)
+
+
 class ComputeBudget:
     """Each stage owns ``1/S`` of ``epochs`` full-resolution epochs of compute (ET++'s split)."""
 
@@ -121,15 +155,13 @@ class ComputeBudget:
         self.alpha = alpha
         self.baseline_budget = baseline_budget
 
+    def epochs(self, bands: Sequence[int], space: SearchSpace) -> list[int]:
+        return allocate_epochs([(int(b) / space.resolution) ** self.alpha for b in bands], self.total)
+
     def build(self, bands: Sequence[int], space: SearchSpace) -> Curriculum | None:
         """The schedule of ``bands``, or None when some stage gets no whole data epoch."""
-        specs = [StageSpec(int(b), m, 1.0 / len(bands)) for b, m in zip(bands, space.magnitudes())]
-        try:
-            cur = Curriculum(specs, budget=self.total, resolution=space.resolution, split="compute",
-                             alpha=self.alpha, baseline_budget=self.baseline_budget, name="etpp-search")
-        except ScheduleError:  # not one whole data epoch in the whole schedule
-            return None
-        return cur if all(s.epochs >= 1 for s in cur.stages) else None
+        return _epochs_schedule(bands, self.epochs(bands, space), space, alpha=self.alpha,
+                                baseline_budget=self.baseline_budget, name="etpp-search")
 
     def cost(self, schedule: Curriculum) -> float:
         return schedule.total_compute
@@ -162,17 +194,12 @@ class WallClockBudget:
         self.baseline_budget = baseline_budget
 
     def epochs(self, bands: Sequence[int]) -> list[int]:
-        share = self.total / len(bands)
-        return [math.floor(share / self.seconds_per_epoch[int(b)] + _EPS) for b in bands]
+        return allocate_epochs([self.seconds_per_epoch[int(b)] for b in bands], self.total)
 
     def build(self, bands: Sequence[int], space: SearchSpace) -> Curriculum | None:
-        epochs = self.epochs(bands)
-        if min(epochs) < 1:
-            return None
-        total = sum(epochs)
-        specs = [StageSpec(int(b), m, n / total) for b, m, n in zip(bands, space.magnitudes(), epochs)]
-        return Curriculum(specs, budget=total, resolution=space.resolution, split="epochs", alpha=self.alpha,
-                          baseline_budget=self.baseline_budget, name="search-wall-clock")
+        """The schedule of ``bands``, or None when some stage gets no whole data epoch."""
+        return _epochs_schedule(bands, self.epochs(bands), space, alpha=self.alpha,
+                                baseline_budget=self.baseline_budget, name="search-wall-clock")
 
     def cost(self, schedule: Curriculum) -> float:
         return sum(s.epochs * self.seconds_per_epoch[s.band] for s in schedule.stages)
@@ -375,8 +402,9 @@ def plot_search(rows: Sequence[Mapping[str, Any]], path: str | Path, *, unit: st
 
 # ---------------------------------------------------------------------------- the command
 def run_search(cfg: "TrainConfig", space: SearchSpace, *, output: str | Path, budget: float | None = None,
-               wall_clock_budget: float | None = None, proxy_fraction: float = 0.5, dry_run: bool = False,
-               train_args: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+               wall_clock_budget: float | None = None, proxy_fraction: float = 0.5, proxy_seeds: int = 2,
+               dry_run: bool = False, train_args: Sequence[str] = (),
+               log: Callable[[str], None] = print) -> dict[str, Any]:
     """``etpp search``: print the proxy cost, then (unless ``dry_run``) search with the
     trainer-backed proxy and write ``schedule.yaml``, ``trials.md``, ``search.png`` and
     ``search.json`` under ``output``. ``cfg`` holds the training settings (a recipe and flags);
@@ -388,14 +416,14 @@ def run_search(cfg: "TrainConfig", space: SearchSpace, *, output: str | Path, bu
         raise SearchError("--budget and --wall-clock-budget exclude each other; give one")
     out = Path(output)
     data = plan_proxy_data(_data_root(cfg), out, fraction=proxy_fraction, seed=cfg.seed, val_split=cfg.val_split)
-    settings = _settings(cfg, space, budget, wall_clock_budget, proxy_fraction, data.fingerprint)
+    settings = _settings(cfg, space, budget, wall_clock_budget, proxy_fraction, proxy_seeds, data.fingerprint)
     _check_output(out, settings)
     chosen = _budget(cfg, space, out, data, budget, wall_clock_budget, log)
     if chosen.build((space.resolution,) * space.stages, space) is None:
         raise SearchError(chosen.shortfall(space))
-    proxy = TrainerProxy(cfg, data, out / "runs", on_start=lambda schedule, resumed: log(
+    proxy = TrainerProxy(cfg, data, out / "runs", seeds=proxy_seeds, on_start=lambda schedule, resumed: log(
         f"  {'resuming' if resumed else 'training'} the proxy of bands {_bands(schedule)} ..."))
-    plan = _plan(space, chosen, proxy_fraction, proxy.cached_runs())
+    plan = _plan(space, chosen, proxy_fraction, proxy_seeds, proxy.cached_runs())
     log(chosen.describe(space))
     log(describe_subset(data, proxy_fraction))
     log(plan["text"])
@@ -418,11 +446,12 @@ def _data_root(cfg: "TrainConfig") -> Path:
 
 
 def _settings(cfg: "TrainConfig", space: SearchSpace, budget: float | None, wall_clock_budget: float | None,
-              fraction: float, data_fingerprint: str) -> dict[str, Any]:
+              fraction: float, seeds: int, data_fingerprint: str) -> dict[str, Any]:
     """Everything that determines the search, as JSON (what an output folder is claimed with)."""
     from .proxy import training_settings
 
     doc = {"train": training_settings(cfg), "data": data_fingerprint, "space": asdict(space), "proxy_fraction": fraction,
+           "proxy_seeds": seeds,
            "budget": {"wall_clock_s": wall_clock_budget} if wall_clock_budget is not None
            else {"epochs": _compute_budget(cfg, budget)},
            "baseline_budget": cfg.baseline_budget}
@@ -487,15 +516,16 @@ def _measured_rates(cfg: "TrainConfig", space: SearchSpace, out: Path, data: Any
     return rates
 
 
-def _plan(space: SearchSpace, budget: Budget, fraction: float, cached: int) -> dict[str, Any]:
+def _plan(space: SearchSpace, budget: Budget, fraction: float, seeds: int, cached: int) -> dict[str, Any]:
     """What the proxy runs cost at most: printed before any of them starts."""
-    runs = max_proxy_runs(space)
+    runs = max_proxy_runs(space) * seeds
     per_run = fraction * budget.total
-    text = (f"proxy cost: at most {runs} proxy runs ({cached} already done in this folder), each about "
-            f"{fraction:g} x {budget.total:g} = {per_run:.3g} {budget.unit}; at most {runs * per_run:.3g} "
-            f"{budget.unit} in all, {runs * fraction:.3g} times one full training run of the budget")
+    text = (f"proxy cost: at most {runs} proxy runs ({max_proxy_runs(space)} schedules x {seeds} seed(s); {cached} "
+            f"already done in this folder), each about {fraction:g} x {budget.total:g} = {per_run:.3g} "
+            f"{budget.unit}; at most {runs * per_run:.3g} {budget.unit} in all, {runs * fraction:.3g} times one full "
+            "training run of the budget")
     return {"max_runs": runs, "per_run": per_run, "total": runs * per_run, "unit": budget.unit,
-            "cached_runs": cached, "text": text}
+            "cached_runs": cached, "seeds": seeds, "text": text}
 
 
 def _bands(schedule: Curriculum) -> str:
@@ -520,7 +550,7 @@ def _write_outputs(out: Path, result: SearchResult, cfg: "TrainConfig", budget: 
     table = trials_table(rows)
     schedule = result.schedule
     schedule_path = out / "schedule.yaml"
-    command = " ".join(["etpp", "train", *train_args, "--preset", str(schedule_path), "--budget", f"{schedule.budget:g}"])
+    command = " ".join(["etpp", "train", *train_args, "--preset", str(schedule_path)])
     comment = [f"written by etpp search: {cfg.model}, bands {_bands(schedule)}",
                f"proxy top-1 {result.top1:.2f}% (all stages at {schedule.resolution}: {result.reference_top1:.2f}%)",
                f"train it: {command}"]

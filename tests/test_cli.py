@@ -83,3 +83,19 @@ def test_schedule_and_train_batch_flags_are_one_line_errors(tmp_path):
         res = CliRunner().invoke(main, args)
         assert res.exit_code != 0 and needle in res.output, res.output
         assert res.output.strip().count("\n") == 0
+
+
+def test_a_schedule_file_keeps_its_budget_over_the_recipes(demo_root, tmp_path):
+    # the recipe's budget (12) belongs to its etpp preset; a file given with --preset keeps its own
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: test_resnet\nschedule: {preset: etpp, budget: 12, resolution: 32}\nbatch_size: 8\n")
+    schedule = tmp_path / "s.yaml"
+    schedule.write_text("budget: 3\nresolution: 32\nsplit: epochs\nstages:\n- {band: 16, magnitude: 0, share: 0.6667}\n"
+                        "- {band: 32, magnitude: 5, share: 0.3333}\n")
+    common = ["train", "--recipe", str(recipe), "--data", str(demo_root), "--preset", str(schedule), "--no-progress",
+              "--threads", "1", "--val-every", "9"]
+    for extra, epochs in (([], 3), (["--budget", "2"], 2)):
+        out = tmp_path / f"run{epochs}"
+        res = CliRunner().invoke(main, [*common, *extra, "--output", str(out)])
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "summary.json").read_text())["epochs_done"] == epochs

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from etpp_dali.cli import main
-from etpp_dali.curriculum import Curriculum
-from etpp_dali.search import (ComputeBudget, SearchError, SearchSpace, WallClockBudget, max_proxy_runs,
+from etpp_dali.curriculum import Curriculum, StageSpec
+from etpp_dali.search import (ComputeBudget, allocate_epochs, SearchError, SearchSpace, WallClockBudget, max_proxy_runs,
                               schedule_yaml, sequential_search)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,16 +107,33 @@ def test_max_proxy_runs_bounds_every_outcome(stages, n):
 
 
 # ------------------------------------------------------------------------- the budget
-def test_compute_budget_matches_the_preset_arithmetic():
+def test_compute_budget_at_one_band_matches_the_preset_arithmetic():
     sp = SearchSpace.create(resolution=64, stages=10)
     assert sp.candidates == (28, 36, 46, 54)
-    preset = Curriculum.preset("etpp", budget=12, resolution=64, baseline_budget=18)
-    bands = [s.band for s in preset.stages]
-    built = budget(12).build(bands, sp)
-    assert [s.epochs for s in built.stages] == [s.epochs for s in preset.stages]
-    assert [s.magnitude for s in built.stages] == [s.magnitude for s in preset.stages]
-    assert built.total_compute == pytest.approx(preset.total_compute)
-    assert built.baseline_budget == 18
+    for band in (28, 46, 64):
+        preset = Curriculum([StageSpec(band, m, 0.1) for m in sp.magnitudes()], budget=12, resolution=64)
+        built = budget(12).build([band] * 10, sp)
+        assert built.total_epochs == preset.total_epochs  # the same whole run, spread alike
+        assert max(abs(a.epochs - b.epochs) for a, b in zip(built.stages, preset.stages)) <= 1
+    assert [s.epochs for s in budget(12).build([64] * 10, sp).stages] == [1, 1, 1, 1, 2, 1, 1, 1, 1, 2]
+    built = budget(12).build([28, 28, 46, 46, 46, 46, 64, 64, 64, 64], sp)
+    assert [s.magnitude for s in built.stages] == sp.magnitudes() and built.baseline_budget == 18
+    assert [s.epochs for s in built.stages] == [6, 6, 2, 2, 3, 2, 1, 1, 1, 2]  # the ET++ preset's 12, 9, 5 per band
+
+
+def test_compute_budget_never_spends_more_than_the_budget():
+    # the presets' rounding gives 28, 28, 28, 54, 64 x 6 12.87 full-resolution epochs at E = 12;
+    # the search's gives each stage at most its cumulative share and the last stage what is left
+    sp = SearchSpace.create(resolution=64, stages=10)
+    for bands in [(28, 28, 28, 54) + (64,) * 6, *itertools.product((28, 54, 64), repeat=3)]:
+        bands = tuple(bands) + (64,) * (10 - len(bands))
+        cur = budget(12).build(bands, sp)
+        spent = 0.0
+        for k, s in enumerate(cur.stages):
+            spent += s.compute
+            assert spent <= 12 * (k + 1) / 10 + 1e-9
+        assert 12 - (bands[-1] / 64) ** 2 < cur.total_compute <= 12 + 1e-9
+    assert allocate_epochs([0.5, 1.0], 3.0) == [3, 1]  # stage 0: 1.5 / 0.5; stage 1: the 1.5 left
 
 
 def test_compute_budget_too_small_is_unaffordable_and_named():
@@ -205,13 +222,16 @@ def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path):
     out = tmp_path / "s"
     res = _search_cli("--output", str(out), "--dry-run")
     assert res.exit_code == 0, res.output
-    assert "at most 14 proxy runs" in res.output and "0.5 x 12 = 6 full-resolution epochs" in res.output
+    assert "at most 28 proxy runs (14 schedules x 2 seed(s)" in res.output  # S + n schedules, 2 seeds each
+    assert "0.5 x 12 = 6 full-resolution epochs" in res.output
     assert not out.exists()
+    res = _search_cli("--output", str(out), "--dry-run", "--proxy-seeds", "0")
+    assert res.exit_code != 0 and "--proxy-seeds 0 must be an integer >= 1" in res.output
 
 
 # -------------------------------------------------- the trainer-backed proxy and its cache
 TINY = ["--model", "test_resnet", "--resolution", "32", "--budget", "4", "--stages", "2", "--candidates", "16,24",
-        "--batch-size", "16", "--threads", "2"]
+        "--batch-size", "16", "--threads", "2", "--proxy-seeds", "1"]
 
 
 def test_proxy_subset_is_class_balanced_and_seeded(demo_root, tmp_path):
@@ -249,6 +269,26 @@ def test_cache_key_follows_what_changes_a_run(demo_root, tmp_path):
     assert TrainerProxy(cfg, subset, tmp_path).key(cur) != key
 
 
+def test_proxy_top1_is_the_mean_over_its_seeds_and_each_seed_is_cached(demo_root, tmp_path, monkeypatch):
+    import etpp_dali.trainer
+    from etpp_dali.proxy import TrainerProxy, plan_proxy_data
+    from etpp_dali.trainer import TrainConfig
+
+    trained = []
+
+    def fake_train(cfg, resume=None):
+        trained.append(cfg.seed)
+        return {"top1": 50.0 + 10 * (cfg.seed - 3), "wall_s": 0.0}
+
+    monkeypatch.setattr(etpp_dali.trainer, "train", fake_train)
+    data = plan_proxy_data(demo_root, tmp_path, fraction=0.5, seed=0, val_split=None)
+    cur = budget(4).build([16, 32], space(resolution=32, stages=2, candidates=[16, 24]))
+    proxy = TrainerProxy(TrainConfig(model="test_resnet", resolution=32, seed=3), data, tmp_path / "runs", seeds=3)
+    assert proxy(cur) == pytest.approx(60.0) and trained == [3, 4, 5]  # (50 + 60 + 70) / 3
+    assert len({proxy.key(cur, i) for i in range(3)}) == 3 and proxy.cached_runs() == 3
+    assert proxy(cur) == pytest.approx(60.0) and trained == [3, 4, 5]  # all three read back, none retrained
+
+
 def test_search_writes_a_schedule_that_etpp_train_takes(demo_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `etpp train` writes its run under ./runs
     out = tmp_path / "search"
@@ -257,7 +297,7 @@ def test_search_writes_a_schedule_that_etpp_train_takes(demo_root, tmp_path, mon
     doc = json.loads((out / "search.json").read_text())
     assert doc["status"] == "done" and len(doc["bands"]) == 2
     schedule = Curriculum.from_file(out / "schedule.yaml")
-    assert [s.band for s in schedule.stages] == doc["bands"] and schedule.budget == 4
+    assert [s.band for s in schedule.stages] == doc["bands"] and schedule.total_compute <= 4 + 1e-9
     assert f"chosen bands {', '.join(map(str, doc['bands']))}" in res.output
     trials = (out / "trials.md").read_text()
     assert trials.count("\n") == 2 + len(doc["trials"]) and "reference" in trials
@@ -270,7 +310,7 @@ def test_search_writes_a_schedule_that_etpp_train_takes(demo_root, tmp_path, mon
     assert json.loads((tmp_path / "final" / "summary.json").read_text())["schedule"] == "etpp-search"
     again = _search_cli("--data", str(demo_root), *TINY, "--output", str(out))  # all cached: nothing trains
     assert again.exit_code == 0 and "training the proxy" not in again.output
-    assert f"({len(doc['trials'])} already done" in again.output
+    assert f"; {len(doc['trials'])} already done" in again.output
     other = _search_cli("--data", str(demo_root), *TINY, "--tolerance", "2", "--output", str(out))
     assert other.exit_code != 0 and "holds a search with other settings (space)" in other.output
 
@@ -300,10 +340,11 @@ def test_killed_search_resumes_where_it_stopped(demo_root, tmp_path):
     resumed = _start_search(args)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
-    assert f"({len(finished)} already done" in output and "resuming the proxy" in output
+    assert f"; {len(finished)} already done" in output and "resuming the proxy" in output
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # finished runs were not redone
     doc = json.loads((out / "search.json").read_text())
-    assert doc["status"] == "done" and Curriculum.from_file(out / "schedule.yaml").budget == 8
+    schedule = Curriculum.from_file(out / "schedule.yaml")
+    assert doc["status"] == "done" and 8 - 1 < schedule.total_compute <= 8 + 1e-9
 
 
 def test_wall_clock_budget_measures_once_and_names_the_flag(demo_root, tmp_path):
