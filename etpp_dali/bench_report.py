@@ -8,7 +8,7 @@ from typing import Any
 
 from .bench_loaders import BREAKDOWN, LOADERS, PEERS
 
-__all__ = ["loader_tables", "plot_loader_bench"]
+__all__ = ["echo_bound", "loader_tables", "plot_loader_bench"]
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -70,6 +70,31 @@ def _breakdown_table(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def echo_bound(ms_whole: float, ms_decode: float, r: int) -> float:
+    """The most that decoding once and augmenting ``r`` times can speed a loader up when it
+    spends ``ms_decode`` of ``ms_whole`` per image decoding: echo saves only the decode, so
+    ``ms_whole / (ms_whole - ms_decode (1 - 1/r))``."""
+    return ms_whole / (ms_whole - ms_decode * (1.0 - 1.0 / r))
+
+
+def _echo_bound_lines(doc: dict[str, Any]) -> list[str]:
+    """Per band, the echo speed-up the breakdown allows, next to the one measured."""
+    by = {(r["stage"], r["band"]): r["ms_per_image"] for r in doc.get("breakdown") or []}
+    out = []
+    for b in doc["settings"]["bands"]:
+        if ("ours", b) not in by or ("stage_decode", b) not in by:
+            continue
+        whole, decode = by["ours", b], by["stage_decode", b]
+        bounds = ", ".join(f"r = {r}: {echo_bound(whole, decode, r):.2f}x" for r in (2, 4))
+        line = (f"echo bound at B = {b}: decoding is {decode:.2f} of {whole:.2f} ms/img and echo saves only the "
+                f"decode, so at most {bounds} (r = inf: {whole / (whole - decode):.2f}x)")
+        rates = {n: (doc["results"].get(n) or {}).get(str(b)) for n in ("ours_echo1", "ours_echo4")}
+        if all(rates.values()):
+            line += f"; measured r = 4: {rates['ours_echo4']['median'] / rates['ours_echo1']['median']:.2f}x"
+        out.append(line)
+    return out
+
+
 def loader_tables(doc: dict[str, Any]) -> str:
     """Images/sec (median and range of the rounds), the ratios, the breakdown, the errors."""
     s = doc["settings"]
@@ -79,7 +104,7 @@ def loader_tables(doc: dict[str, Any]) -> str:
              f"depth + {s['warmup']} batches, windows >= {s['min_batches']} batches and >= {s['min_seconds']:g} s; "
              "median (min-max of the rounds); memory: the process's peak RSS plus its workers' RSS (pages they share "
              "counted in each)", "", *_rates_table(doc)]
-    for extra in (_ratio_table(doc), _breakdown_table(doc)):
+    for extra in (_ratio_table(doc), _breakdown_table(doc), _echo_bound_lines(doc)):
         if extra:
             parts += ["", *extra]
     for e in doc["errors"]:

@@ -228,7 +228,8 @@ def predict_schedule_time(curriculum: Curriculum, *, train_images: int, step_rat
                           baseline_budget: float | None = None) -> dict[str, Any]:
     """Per stage and in total: the predicted wall-clock, against the baseline (``baseline_budget``
     data epochs at the full resolution, ``batch``, no echo; default the schedule's) next to the
-    compute ratio.
+    compute ratio, and ``model_only_speedup``: the baseline's model seconds over the schedule's,
+    the wall-clock speed-up with a loader that cost nothing, which no echo factor can pass.
 
     ``step_rates`` maps (band, batch) to img/s, ``loader_rates`` band to fresh img/s.
     ``stage_batches`` gives each stage's batch (default: the stage's own, else ``batch``); ``echo``
@@ -255,7 +256,9 @@ def predict_schedule_time(curriculum: Curriculum, *, train_images: int, step_rat
     base = _stage_seconds(base_images, step_rate=_rate(step_rates, (R, batch), "model"),
                           loader_rate=_rate(loader_rates, R, "loader"), echo=1.0, overlap=overlap)
     total = sum(r["predicted_s"] for r in rows)
+    model_total = sum(r["model_s"] for r in rows)
     return {"overlap": overlap, "train_images": train_images, "stages": rows, "predicted_s": total,
+            "model_only_speedup": base[0] / model_total if model_total else None,
             "baseline": {"epochs": base_epochs, "band": R, "batch": batch, "images": base_images,
                          "model_s": base[0], "loader_s": base[1], "predicted_s": base[2]},
             "wall_speedup": base[2] / total if total else None, "compute_speedup": curriculum.speedup(base_epochs),
@@ -282,6 +285,9 @@ def format_prediction(prediction: Mapping[str, Any], rates: Rates | None = None)
     lines.append(f"total {prediction['predicted_s']:.1f} s against {base['predicted_s']:.1f} s for the "
                  f"{base['epochs']:g}-epoch baseline at {base['band']} px: wall-clock speed-up "
                  f"{prediction['wall_speedup']:.2f}x, compute speed-up {prediction['compute_speedup']:.2f}x")
+    if prediction.get("model_only_speedup"):
+        lines.append(f"with a loader that cost nothing (no echo or loader work can do better here): "
+                     f"{prediction['model_only_speedup']:.2f}x, the model's steps alone")
     bound = prediction["loader_bound_stages"]
     if bound:
         worst = max(r["cure_echo"] for r in prediction["stages"] if r["loader_bound"])

@@ -127,6 +127,15 @@ def test_bench_loader_breakdown_stages(thousand_images, tmp_path):
     expected = ["stage_decode", "stage_resize", "stage_warp", "stage_colour", "stage_crop", "ours"]
     assert stages == [(b, s) for b in (16, 32) for s in expected]
     assert all(r["ms_per_image"] > 0 for r in doc["breakdown"]) and "hand-off to torch" in out.with_suffix(".md").read_text()
+    assert "echo bound at B = " in out.with_suffix(".md").read_text()
+
+
+def test_echo_bound_is_what_saving_the_decode_allows():
+    from etpp_dali.bench_report import echo_bound
+
+    assert echo_bound(1.0, 0.0, 4) == 1.0  # nothing to save
+    assert echo_bound(1.0, 0.5, 2) == pytest.approx(1 / 0.75)
+    assert echo_bound(1.38, 0.48, 4) == pytest.approx(1.38 / (0.90 + 0.12))  # the photos' breakdown: 1.35x
 
 
 @pytest.mark.slow

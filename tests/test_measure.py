@@ -34,6 +34,7 @@ def test_prediction_on_a_cpu_adds_model_and_loader():
     assert p["predicted_s"] == pytest.approx(75.0 + 28.0)
     assert p["baseline"]["predicted_s"] == pytest.approx(4000 / 100 + 4000 / 250)
     assert p["wall_speedup"] == pytest.approx(56.0 / 103.0)
+    assert p["model_only_speedup"] == pytest.approx(40.0 / (25.0 + 20.0))  # a free loader: the model's seconds
     assert p["compute_speedup"] == pytest.approx(two_stages().speedup())
     other = predict_schedule_time(two_stages(), train_images=1000, step_rates=STEP, loader_rates=LOADER, batch=50,
                                   overlap="sum", baseline_budget=8)
