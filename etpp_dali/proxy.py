@@ -8,7 +8,8 @@ class-balanced subset of the training set, scored on the whole validation split.
 - A proxy run trains the candidate schedule unchanged, with its data epochs, on the subset: it
   costs ``fraction`` of what the schedule's full run costs. A schedule's proxy top-1 is the mean
   of ``--proxy-seeds`` runs (seeds ``seed``, ``seed + 1``, ...; default 2); every schedule of one
-  search uses the same seeds, so candidates differ only by their schedule.
+  search uses the same seeds, so candidates differ only by their schedule; for the same reason
+  a recipe's ``echo: auto`` (whose factor follows timings) trains without echo in the proxy.
 - The cache: each run lives in ``runs/<key>/``, ``key`` being a hash of everything that
   determines the run (the schedule, every training setting that changes the result, the
   subset's files). ``result.json`` there marks it done; a search run again with the same
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProxyData", "SearchInterrupted", "TrainerProxy", "describe_subset", "plan_proxy_data", "training_settings"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: echo auto trains without echo
 # TrainConfig fields the proxy sets itself, or that do not change what a run learns
 _NOT_KEYED = {"name", "output", "progress", "tensorboard", "threads", "data", "val_split", "preset", "family",
               "budget", "resolution", "replay", "baseline", "baseline_budget", "val_every"}
@@ -197,8 +198,11 @@ class TrainerProxy:
         folder.mkdir(parents=True, exist_ok=True)
         schedule_file = folder / "schedule.json"
         write_text_atomic(schedule_file, json.dumps(schedule.to_dict(), indent=2) + "\n")
+        # echo auto picks its factor from timings, which the machine's load moves: a proxy run
+        # must depend on its schedule and seed alone, so auto trains without echo here
+        echo = "off" if base.echo == "auto" else base.echo
         return dataclasses.replace(
-            base, name=f"proxy-{folder.name}", data=str(self.data.materialise()), val_split=None,
+            base, echo=echo, name=f"proxy-{folder.name}", data=str(self.data.materialise()), val_split=None,
             preset=str(schedule_file), budget=None, resolution=schedule.resolution, replay=False, baseline=False,
             baseline_budget=None, output=str(folder), val_every=10**9, progress=False, tensorboard=False)
 

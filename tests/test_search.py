@@ -277,13 +277,15 @@ def test_proxy_top1_is_the_mean_over_its_seeds_and_each_seed_is_cached(demo_root
     trained = []
 
     def fake_train(cfg, resume=None):
+        assert cfg.echo == "off"  # auto's factor follows timings: a proxy run must not
         trained.append(cfg.seed)
         return {"top1": 50.0 + 10 * (cfg.seed - 3), "wall_s": 0.0}
 
     monkeypatch.setattr(etpp_dali.trainer, "train", fake_train)
     data = plan_proxy_data(demo_root, tmp_path, fraction=0.5, seed=0, val_split=None)
     cur = budget(4).build([16, 32], space(resolution=32, stages=2, candidates=[16, 24]))
-    proxy = TrainerProxy(TrainConfig(model="test_resnet", resolution=32, seed=3), data, tmp_path / "runs", seeds=3)
+    base = TrainConfig(model="test_resnet", resolution=32, seed=3, echo="auto")
+    proxy = TrainerProxy(base, data, tmp_path / "runs", seeds=3)
     assert proxy(cur) == pytest.approx(60.0) and trained == [3, 4, 5]  # (50 + 60 + 70) / 3
     assert len({proxy.key(cur, i) for i in range(3)}) == 3 and proxy.cached_runs() == 3
     assert proxy(cur) == pytest.approx(60.0) and trained == [3, 4, 5]  # all three read back, none retrained
