@@ -6,15 +6,20 @@
 # search ends within 15 minutes on 2 idle cores, and the searched schedule's mean top-1 is not
 # below the ET++ preset's nor more than 1 point below the baseline's (both checks are in the
 # JSON, with every run).
-# Usage: bench/search.sh [OUTDIR] [SEEDS]     e.g. bench/search.sh bench/results "0 1 2"
+# Usage: bench/search.sh [OUTDIR] [SEEDS] [SEARCH FLAGS] [TAG]
+#   bench/search.sh bench/results "0 1 2"                                   (E = 12, the recipe's)
+#   bench/search.sh bench/results "0 1 2" "--wall-clock-budget 45" wallclock-demo
 set -euo pipefail
 out=${1:-bench/results}
 seeds=${2:-0 1 2}
+flags=${3:-}
+tag=${4:-demo}
 stamp=$(date +%Y%m%d)
-name="$out/search-demo-cpu-$stamp"
+name="$out/search-$tag-cpu-$stamp"
 work=$(mktemp -d)
 t0=$(date +%s.%N)
-etpp search --recipe demo --output "$work/search"
+# shellcheck disable=SC2086  # the flags are words
+etpp search --recipe demo $flags --output "$work/search"
 t1=$(date +%s.%N)
 for seed in $seeds; do
     etpp train --recipe demo --preset "$work/search/schedule.yaml" --seed "$seed" --output "$work/searched-$seed" --no-progress
