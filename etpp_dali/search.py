@@ -22,11 +22,12 @@ of stages 0..k within their shares, ``(k + 1) W / S``::
 so what rounding leaves over passes to the next stage, and no schedule ever spends more than
 the budget. (The presets' integer arithmetic rounds each band's whole run on its own, which
 can spend more than ``W / S`` on a stage whose band differs from its neighbours'.) All stages
-at one band get the presets' whole run, spread within one epoch of theirs. The schedule is written with its data
-epochs (``split: epochs``), so ``etpp train --preset FILE`` trains exactly what was scored.
+at one band get the presets' whole run, spread within one epoch of theirs. The schedule is
+written with its data epochs (``split: epochs``), so ``etpp train --preset FILE`` trains
+exactly what was scored.
 
-So every candidate schedule spends the same budget, up to the rounding of its last stage, and
-candidates are compared at equal cost. A schedule is *affordable* when every stage gets at
+So every candidate schedule spends the budget less at most one data epoch of its last stage,
+and candidates are compared at (nearly) equal cost. A schedule is *affordable* when every stage gets at
 least one whole data epoch; a candidate the budget cannot afford is never run.
 
 **The search.** Stage by stage, from the first:
