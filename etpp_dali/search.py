@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .trainer import TrainConfig
 
 __all__ = ["DEFAULT_CANDIDATES", "SearchError", "SearchSpace", "ComputeBudget", "WallClockBudget", "Trial",
-           "SearchResult", "allocate_epochs", "sequential_search", "max_proxy_runs", "schedule_yaml", "trial_rows", "trials_table",
+           "SearchResult", "allocate_epochs", "band_batches", "sequential_search", "max_proxy_runs", "schedule_yaml", "trial_rows", "trials_table",
            "plot_search", "run_search"]
 
 DEFAULT_CANDIDATES = (96, 128, 160, 192, 224)  # at 224 px; scaled to the resolution
@@ -480,11 +480,25 @@ def _budget(cfg: "TrainConfig", space: SearchSpace, out: Path, data: Any, budget
         return ComputeBudget(_compute_budget(cfg, budget), baseline_budget=baseline)
     from .measure import overlap_for, seconds_per_epoch
 
-    rates = _measured_rates(cfg, space, out, data, log)
-    per_epoch = {b: seconds_per_epoch(train_images=data.train_images, step_rate=rates.step[(b, cfg.batch_size)],
+    batches = band_batches(cfg, space)
+    rates = _measured_rates(cfg, space, batches, out, data, log)
+    per_epoch = {b: seconds_per_epoch(train_images=data.train_images, step_rate=rates.step[(b, n)],
                                       loader_rate=rates.loader[b], overlap=overlap_for(rates.device))
-                 for b in (*space.candidates, space.resolution)}
+                 for b, n in batches.items()}
     return WallClockBudget(wall_clock_budget, per_epoch, baseline_budget=baseline)
+
+
+def band_batches(cfg: "TrainConfig", space: SearchSpace) -> dict[int, int]:
+    """The per-device batch a training run of ``cfg`` uses at each band the search may pick: the
+    ``stage_batch: auto`` rule where the recipe sets it (a small band runs a larger batch, and
+    so a faster step), else the recipe's batch. On one device, as the search trains."""
+    from .batching import AUTO, auto_stage_batch, global_batch_size
+
+    bands = (*space.candidates, space.resolution)
+    if cfg.stage_batch != AUTO:
+        return {b: cfg.batch_size for b in bands}
+    per_device = global_batch_size(cfg.batch_size, cfg.global_batch, 1)
+    return {b: auto_stage_batch(cfg.batch_size, b, space.resolution, per_device, cfg.stage_batch_cap) for b in bands}
 
 
 def _compute_budget(cfg: "TrainConfig", budget: float | None) -> float:
@@ -492,14 +506,16 @@ def _compute_budget(cfg: "TrainConfig", budget: float | None) -> float:
     return budget if budget is not None else cfg.budget or DEFAULT_BUDGET
 
 
-def _measured_rates(cfg: "TrainConfig", space: SearchSpace, out: Path, data: Any, log: Callable[[str], None]) -> Any:
-    """The per-band rates of ``etpp schedule --measure``, measured once and kept in
-    ``measure.json`` so that a resumed search uses the same numbers (and finds its runs)."""
+def _measured_rates(cfg: "TrainConfig", space: SearchSpace, batches: Mapping[int, int], out: Path, data: Any,
+                    log: Callable[[str], None]) -> Any:
+    """The per-band rates of ``etpp schedule --measure``, each band at its batch in ``batches``,
+    measured once and kept in ``measure.json`` so that a resumed search uses the same numbers
+    (and finds its runs)."""
     from .measure import Rates, measure_rates
 
     key = {"model": cfg.model, "batch": cfg.batch_size, "device": cfg.device, "amp": cfg.amp,
            "channels_last": cfg.channels_last, "bands": list(space.candidates), "resolution": space.resolution,
-           "data": data.fingerprint}
+           "batches": {str(b): n for b, n in sorted(batches.items())}, "data": data.fingerprint}
     path = out / "measure.json"
     try:
         doc = json.loads(path.read_text())
@@ -507,12 +523,14 @@ def _measured_rates(cfg: "TrainConfig", space: SearchSpace, out: Path, data: Any
             return Rates.from_dict(doc["rates"])
     except (OSError, ValueError, KeyError):
         pass
-    log(f"measuring {cfg.model} and the loader at bands {', '.join(map(str, (*space.candidates, space.resolution)))} "
-        "on this machine ...")
+    log("measuring {} and the loader at bands {} on this machine ...".format(
+        cfg.model, ", ".join(f"{b} (batch {n})" for b, n in sorted(batches.items()))))
     top = space.magnitudes()[-1]
-    probe = Curriculum([StageSpec(space.resolution, top, 1.0)], budget=1, resolution=space.resolution)
+    bands = sorted(batches)
+    probe = Curriculum([StageSpec(b, top, 1.0 / len(bands), batch=batches[b]) for b in bands], budget=10_000,
+                       resolution=space.resolution)
     rates = measure_rates(probe, model=cfg.model, data=_data_root(cfg), batch=cfg.batch_size, device=cfg.device,
-                          bands=space.candidates, amp=cfg.amp, channels_last=cfg.channels_last, threads=cfg.threads)
+                          amp=cfg.amp, channels_last=cfg.channels_last, threads=cfg.threads)
     write_text_atomic(path, json.dumps({"key": key, "rates": rates.to_dict()}, indent=2) + "\n")
     return rates
 

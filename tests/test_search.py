@@ -349,6 +349,17 @@ def test_killed_search_resumes_where_it_stopped(demo_root, tmp_path):
     assert doc["status"] == "done" and 8 - 1 < schedule.total_compute <= 8 + 1e-9
 
 
+def test_wall_clock_budget_times_each_band_at_the_batch_training_uses():
+    from etpp_dali.search import band_batches
+    from etpp_dali.trainer import TrainConfig
+
+    sp = SearchSpace.create(resolution=64, stages=10)
+    auto = TrainConfig(model="resnet10t", resolution=64, batch_size=64, global_batch=128, stage_batch="auto")
+    assert band_batches(auto, sp) == {28: 128, 36: 128, 46: 128, 54: 64, 64: 64}  # the demo recipe's stages
+    assert band_batches(TrainConfig(model="resnet10t", resolution=64, batch_size=64), sp) == dict.fromkeys(
+        (28, 36, 46, 54, 64), 64)
+
+
 def test_wall_clock_budget_measures_once_and_names_the_flag(demo_root, tmp_path):
     out = tmp_path / "search"
     args = ["--data", str(demo_root), *TINY[:4], "--stages", "2", "--candidates", "16,24", "--batch-size", "16",
@@ -359,6 +370,7 @@ def test_wall_clock_budget_measures_once_and_names_the_flag(demo_root, tmp_path)
     assert "each about 0.5 x 600 = 300 s" in res.output
     rates = json.loads((out / "measure.json").read_text())["rates"]
     assert sorted(r["band"] for r in rates["loader"]) == [16, 24, 32]
+    assert sorted((r["band"], r["batch"]) for r in rates["step"]) == [(16, 16), (24, 16), (32, 16)]
     res = _search_cli(*args, "--wall-clock-budget", "0.01")
     assert res.exit_code != 0 and "--wall-clock-budget 0.01: no candidate schedule fits" in res.output
     assert res.output.strip().count("\n") == 0  # the kept measurement is reused: no "measuring" line
