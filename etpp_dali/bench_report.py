@@ -3,6 +3,7 @@ rounds, and ours against each peer per band)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def _echo_bound_lines(doc: dict[str, Any]) -> list[str]:
         whole, decode = by["ours", b], by["stage_decode", b]
         bounds = ", ".join(f"r = {r}: {echo_bound(whole, decode, r):.2f}x" for r in (2, 4))
         line = (f"echo bound at B = {b}: decoding is {decode:.2f} of {whole:.2f} ms/img and echo saves only the "
-                f"decode, so at most {bounds} (r = inf: {whole / (whole - decode):.2f}x)")
+                f"decode, so at most {bounds} (r = inf: {echo_bound(whole, decode, math.inf):.2f}x)")
         rates = {n: (doc["results"].get(n) or {}).get(str(b)) for n in ("ours_echo1", "ours_echo4")}
         if all(rates.values()):
             line += f"; measured r = 4: {rates['ours_echo4']['median'] / rates['ours_echo1']['median']:.2f}x"

@@ -39,7 +39,8 @@ from .search import SearchError
 if TYPE_CHECKING:
     from .trainer import TrainConfig
 
-__all__ = ["ProxyData", "SearchInterrupted", "TrainerProxy", "describe_subset", "plan_proxy_data", "training_settings"]
+__all__ = ["ProxyData", "SearchInterrupted", "TrainerProxy", "check_seeds", "describe_subset", "plan_proxy_data",
+           "training_settings"]
 
 CACHE_VERSION = 2  # 2: echo auto trains without echo
 # TrainConfig fields the proxy sets itself, or that do not change what a run learns
@@ -140,6 +141,12 @@ def plan_proxy_data(data: str | Path, out: str | Path, *, fraction: float, seed:
                      len(pool), fingerprint)
 
 
+def check_seeds(seeds: Any) -> None:
+    """``--proxy-seeds``: a whole number of runs, at least one."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise SearchError(f"--proxy-seeds {seeds!r} must be an integer >= 1 (proxy runs averaged per schedule)")
+
+
 class TrainerProxy:
     """``proxy(schedule) -> top1``: the mean proxy top-1 of ``seeds`` cached runs of ``schedule``
     (seeds ``base.seed``, ``base.seed + 1``, ...) with the settings of ``base`` on ``data``; runs
@@ -148,8 +155,7 @@ class TrainerProxy:
 
     def __init__(self, base: "TrainConfig", data: ProxyData, runs: str | Path, *, seeds: int = 1,
                  on_start: Callable[[Curriculum, bool], None] | None = None) -> None:
-        if not isinstance(seeds, int) or seeds < 1:
-            raise SearchError(f"--proxy-seeds {seeds!r} must be an integer >= 1 (proxy runs averaged per schedule)")
+        check_seeds(seeds)
         self.base = base
         self.data = data
         self.runs = Path(runs)

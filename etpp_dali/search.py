@@ -63,8 +63,8 @@ if TYPE_CHECKING:
     from .trainer import TrainConfig
 
 __all__ = ["DEFAULT_CANDIDATES", "SearchError", "SearchSpace", "ComputeBudget", "WallClockBudget", "Trial",
-           "SearchResult", "allocate_epochs", "band_batches", "sequential_search", "max_proxy_runs", "schedule_yaml", "trial_rows", "trials_table",
-           "plot_search", "run_search"]
+           "SearchResult", "allocate_epochs", "band_batches", "sequential_search", "max_proxy_runs", "schedule_yaml",
+           "trial_rows", "trials_table", "plot_search", "run_search"]
 
 DEFAULT_CANDIDATES = (96, 128, 160, 192, 224)  # at 224 px; scaled to the resolution
 _EPS = 1e-9
@@ -131,41 +131,55 @@ def allocate_epochs(epoch_costs: Sequence[float], total: float) -> list[int]:
     return epochs
 
 
-def _epochs_schedule(bands: Sequence[int], epochs: Sequence[int], space: SearchSpace, *, alpha: float,
-                     baseline_budget: float, name: str) -> Curriculum | None:
-    """The schedule that runs ``epochs[k]`` data epochs at ``bands[k]`` (``split: epochs``, the
-    shares being the epochs over their sum), or None when some stage gets no whole epoch."""
-    if min(epochs) < 1:
-        return None
-    total = sum(epochs)
-    specs = [StageSpec(int(b), m, n / total) for b, m, n in zip(bands, space.magnitudes(), epochs)]
-    return Curriculum(specs, budget=total, resolution=space.resolution, split="epochs", alpha=alpha,
-                      baseline_budget=baseline_budget, name=name)
+class _StageBudget:
+    """What both budgets share: each of the ``S`` stages owns ``total / S``; one data epoch at
+    band B costs :meth:`epoch_cost`; a schedule runs the whole epochs of :func:`allocate_epochs`
+    and is written with them (``split: epochs``, the shares being the epochs over their sum)."""
+
+    flag: str
+    unit: str
+    name: str
+
+    def __init__(self, total: float, *, alpha: float, baseline_budget: float) -> None:
+        self.total = float(total)
+        self.alpha = alpha
+        self.baseline_budget = baseline_budget
+
+    def epoch_cost(self, band: int, resolution: int) -> float:
+        raise NotImplementedError
+
+    def epochs(self, bands: Sequence[int], space: SearchSpace) -> list[int]:
+        return allocate_epochs([self.epoch_cost(int(b), space.resolution) for b in bands], self.total)
+
+    def build(self, bands: Sequence[int], space: SearchSpace) -> Curriculum | None:
+        """The schedule of ``bands``, or None when some stage gets no whole data epoch."""
+        epochs = self.epochs(bands, space)
+        if min(epochs) < 1:
+            return None
+        total = sum(epochs)
+        specs = [StageSpec(int(b), m, n / total) for b, m, n in zip(bands, space.magnitudes(), epochs)]
+        return Curriculum(specs, budget=total, resolution=space.resolution, split="epochs", alpha=self.alpha,
+                          baseline_budget=self.baseline_budget, name=self.name)
+
+    def cost(self, schedule: Curriculum) -> float:
+        """What ``schedule`` spends, in the budget's unit."""
+        return sum(s.epochs * self.epoch_cost(s.band, schedule.resolution) for s in schedule.stages)
 
 
-class ComputeBudget:
+class ComputeBudget(_StageBudget):
     """Each stage owns ``1/S`` of ``epochs`` full-resolution epochs of compute (ET++'s split)."""
 
     flag = "--budget"
     unit = "full-resolution epochs"
+    name = "etpp-search"
 
     def __init__(self, epochs: float, *, alpha: float = 2.0, baseline_budget: float = BASELINE_BUDGET) -> None:
         if not (epochs > 0 and math.isfinite(epochs)):
             raise SearchError(f"--budget {epochs} must be a number > 0 (full-resolution epochs of compute)")
-        self.total = float(epochs)
-        self.alpha = alpha
-        self.baseline_budget = baseline_budget
+        super().__init__(epochs, alpha=alpha, baseline_budget=baseline_budget)
 
-    def epochs(self, bands: Sequence[int], space: SearchSpace) -> list[int]:
-        return allocate_epochs([(int(b) / space.resolution) ** self.alpha for b in bands], self.total)
-
-    def build(self, bands: Sequence[int], space: SearchSpace) -> Curriculum | None:
-        """The schedule of ``bands``, or None when some stage gets no whole data epoch."""
-        return _epochs_schedule(bands, self.epochs(bands, space), space, alpha=self.alpha,
-                                baseline_budget=self.baseline_budget, name="etpp-search")
-
-    def cost(self, schedule: Curriculum) -> float:
-        return schedule.total_compute
+    def epoch_cost(self, band: int, resolution: int) -> float:
+        return (band / resolution) ** self.alpha
 
     def describe(self, space: SearchSpace) -> str:
         return (f"budget: E = {self.total:g} full-resolution epochs of compute, {self.total / space.stages:.3g} a "
@@ -178,32 +192,23 @@ class ComputeBudget:
                 f"--resolution {space.resolution}; raise --budget to at least {need} or lower --stages")
 
 
-class WallClockBudget:
+class WallClockBudget(_StageBudget):
     """Each stage owns ``1/S`` of ``seconds``; ``seconds_per_epoch[B]`` is the predicted time of
-    one data epoch at band B on this machine. Schedules are written with ``split: epochs``."""
+    one data epoch at band B on this machine."""
 
     flag = "--wall-clock-budget"
     unit = "s"
+    name = "search-wall-clock"
 
     def __init__(self, seconds: float, seconds_per_epoch: Mapping[int, float], *, alpha: float = 2.0,
                  baseline_budget: float = BASELINE_BUDGET) -> None:
         if not (seconds > 0 and math.isfinite(seconds)):
             raise SearchError(f"--wall-clock-budget {seconds} must be a number of seconds > 0")
-        self.total = float(seconds)
+        super().__init__(seconds, alpha=alpha, baseline_budget=baseline_budget)
         self.seconds_per_epoch = {int(b): float(t) for b, t in seconds_per_epoch.items()}
-        self.alpha = alpha
-        self.baseline_budget = baseline_budget
 
-    def epochs(self, bands: Sequence[int]) -> list[int]:
-        return allocate_epochs([self.seconds_per_epoch[int(b)] for b in bands], self.total)
-
-    def build(self, bands: Sequence[int], space: SearchSpace) -> Curriculum | None:
-        """The schedule of ``bands``, or None when some stage gets no whole data epoch."""
-        return _epochs_schedule(bands, self.epochs(bands), space, alpha=self.alpha,
-                                baseline_budget=self.baseline_budget, name="search-wall-clock")
-
-    def cost(self, schedule: Curriculum) -> float:
-        return sum(s.epochs * self.seconds_per_epoch[s.band] for s in schedule.stages)
+    def epoch_cost(self, band: int, resolution: int) -> float:
+        return self.seconds_per_epoch[band]
 
     def describe(self, space: SearchSpace) -> str:
         per_epoch = ", ".join(f"B = {b}: {t:.3g} s" for b, t in sorted(self.seconds_per_epoch.items()))
@@ -411,10 +416,11 @@ def run_search(cfg: "TrainConfig", space: SearchSpace, *, output: str | Path, bu
     ``search.json`` under ``output``. ``cfg`` holds the training settings (a recipe and flags);
     ``train_args`` are the ``etpp train`` flags that give the same settings (for the printed
     command). Running it again with the same settings resumes from the cached runs."""
-    from .proxy import TrainerProxy, describe_subset, plan_proxy_data
+    from .proxy import TrainerProxy, check_seeds, describe_subset, plan_proxy_data
 
     if budget is not None and wall_clock_budget is not None:
         raise SearchError("--budget and --wall-clock-budget exclude each other; give one")
+    check_seeds(proxy_seeds)  # before anything is measured or written
     out = Path(output)
     data = plan_proxy_data(_data_root(cfg), out, fraction=proxy_fraction, seed=cfg.seed, val_split=cfg.val_split)
     settings = _settings(cfg, space, budget, wall_clock_budget, proxy_fraction, proxy_seeds, data.fingerprint)
@@ -537,9 +543,10 @@ def _measured_rates(cfg: "TrainConfig", space: SearchSpace, batches: Mapping[int
 
 def _plan(space: SearchSpace, budget: Budget, fraction: float, seeds: int, cached: int) -> dict[str, Any]:
     """What the proxy runs cost at most: printed before any of them starts."""
-    runs = max_proxy_runs(space) * seeds
+    schedules = max_proxy_runs(space)
+    runs = schedules * seeds
     per_run = fraction * budget.total
-    text = (f"proxy cost: at most {runs} proxy runs ({max_proxy_runs(space)} schedules x {seeds} seed(s); {cached} "
+    text = (f"proxy cost: at most {runs} proxy runs ({schedules} schedules x {seeds} seed(s); {cached} "
             f"already done in this folder), each about {fraction:g} x {budget.total:g} = {per_run:.3g} "
             f"{budget.unit}; at most {runs * per_run:.3g} {budget.unit} in all, {runs * fraction:.3g} times one full "
             "training run of the budget")

@@ -149,7 +149,7 @@ def test_wall_clock_budget_epochs_and_file_round_trip(tmp_path):
     sp = space(stages=2)
     seconds = {28: 2.0, 36: 3.0, 46: 4.0, 54: 4.5, 64: 5.0}
     wall = WallClockBudget(100.0, seconds, baseline_budget=18)
-    assert wall.epochs([28, 64]) == [25, 10]
+    assert wall.epochs([28, 64], sp) == [25, 10]
     cur = wall.build([28, 64], sp)
     assert [s.epochs for s in cur.stages] == [25, 10]
     assert wall.cost(cur) == pytest.approx(100.0)
@@ -227,6 +227,7 @@ def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path):
     assert not out.exists()
     res = _search_cli("--output", str(out), "--dry-run", "--proxy-seeds", "0")
     assert res.exit_code != 0 and "--proxy-seeds 0 must be an integer >= 1" in res.output
+    assert res.output.strip().count("\n") == 0 and not out.exists()  # refused before any work
 
 
 # -------------------------------------------------- the trainer-backed proxy and its cache
