@@ -21,7 +21,7 @@ small=${3:-/tmp/etpp-small-jpegs-224-q75}
 stamp=$(date +%Y%m%d)
 mkdir -p "$out"
 if [ ! -d "$small/train" ]; then
-    python3 -c "import sys; from etpp_dali.data import DemoSpec, write_demo_dataset as w; \
+    python3 -c "import sys; from etpp_dali.data.demo import DemoSpec, write_demo_dataset as w; \
 w(sys.argv[1], DemoSpec(classes=10, train_per_class=200, val_per_class=0, size=224, quality=75))" "$small" || exit 2
 fi
 status=0

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .bench_loaders import DEFAULT_LOADERS
-from .curriculum import FAMILIES, PRESETS, Curriculum, ScheduleError
-
+from etpp_dali import __version__
+from etpp_dali.bench.loaders import DEFAULT_LOADERS
+from etpp_dali.curriculum.schedule import FAMILIES, PRESETS, Curriculum, ScheduleError
 
 _MEASURE_BATCH = 64  # the batch `etpp schedule --measure` times at without --batch-size
 
@@ -71,7 +70,7 @@ def schedule(preset: str, family: str, budget: float | None, resolution: int | N
     elif global_batch is not None or stage_batch is not None:
         _fail("--global-batch and --stage-batch need --batch-size (the per-device batch at full resolution)")
     if measure:
-        from .measure import MeasureError, measure_schedule
+        from etpp_dali.train.measure import MeasureError, measure_schedule
 
         try:  # each stage timed at its own batch (the schedule's, or the --stage-batch ones)
             summary["measure"] = measure_schedule(cur, model=model, data=data, batch=batch_size or _MEASURE_BATCH,
@@ -79,7 +78,7 @@ def schedule(preset: str, family: str, budget: float | None, resolution: int | N
         except MeasureError as exc:
             _fail(str(exc))
     if plot:
-        from .plots import plot_schedule
+        from etpp_dali.util.plots import plot_schedule
 
         summary["plot"] = str(plot_schedule(cur, plot))
     if as_json:
@@ -94,7 +93,7 @@ def _add_stage_batches(summary: dict, cur: Curriculum, batch_size: int, global_b
                        stage_batch: str | None, devices: int) -> Curriculum:
     """Resolve the stages' batches as a run would, add them (and the accumulation) to the rows,
     and return the schedule with them."""
-    from .batching import BatchError, global_batch_size, resolve_stage_batches, stage_batch_rows
+    from etpp_dali.curriculum.batching import BatchError, global_batch_size, resolve_stage_batches, stage_batch_rows
 
     for flag, value in (("--batch-size", batch_size), ("--global-batch", global_batch), ("--devices", devices)):
         if value is not None and value < 1:
@@ -149,7 +148,8 @@ def _print_schedule(cur: Curriculum, summary: dict) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_data(out_dir: str, classes: int, train_per_class: int, val_per_class: int, size: int, seed: int) -> None:
     """Write the deterministic demo ImageFolder (train/ and val/) to OUT_DIR."""
-    from .data import DataError, DemoSpec, write_demo_dataset
+    from etpp_dali.data.demo import DemoSpec, write_demo_dataset
+    from etpp_dali.data.scan import DataError
 
     spec = DemoSpec(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
                     size=size, seed=seed)
@@ -171,7 +171,7 @@ def check_data(data_dir: str, no_cache: bool, deep: bool) -> None:
     Exit status 0 when the data set is clean, 1 with the list of problems otherwise. The data
     is never changed.
     """
-    from .data import DataError, scan_dataset
+    from etpp_dali.data.scan import DataError, scan_dataset
 
     try:
         scan = scan_dataset(data_dir, use_cache=not no_cache, deep=deep)
@@ -271,8 +271,9 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
     """Train a timm model with the EfficientTrain++ curriculum (the demo when given nothing)."""
     import os
 
-    from .distributed import init_from_env
-    from .trainer import RecipeError, TrainConfig, load_recipe, train as run_training
+    from etpp_dali.train.distributed import init_from_env
+    from etpp_dali.train.trainer import RecipeError, TrainConfig, load_recipe
+    from etpp_dali.train.trainer import train as run_training
 
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
         import subprocess
@@ -316,15 +317,14 @@ def train(recipe, resume, nproc, no_progress, baseline, channels_last, ema, tens
 
 
 def _is_schedule_file(preset: str | None) -> bool:
-    from .presets import PRESETS
+    from etpp_dali.curriculum.presets import PRESETS
 
     return preset is not None and preset not in PRESETS and Path(preset).is_file()
 
 
 def _print_summary(s: dict) -> None:
-    from .benchmark import markdown_table
-
-    from .distributed import is_rank0
+    from etpp_dali.bench.record import markdown_table
+    from etpp_dali.train.distributed import is_rank0
 
     if not s or not is_rank0():
         return
@@ -380,7 +380,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def _check_device(device: str) -> None:
     """The loader's own device check, as a one-line CLI error (--device auto is not taken here)."""
-    from .loader import resolve_device
+    from etpp_dali.util.devices import resolve_device
 
     if device == "auto":
         _fail("--device auto: name the device to measure, cpu or cuda")
@@ -392,7 +392,7 @@ def _check_device(device: str) -> None:
 
 def _emit(doc: dict, json_path: str | None, table: str) -> None:
     """Print the Markdown table; with --json also write the JSON and the table beside it (.md)."""
-    from .benchmark import write_results
+    from etpp_dali.bench.record import write_results
 
     write_results(doc, json_path)
     click.echo(table)
@@ -419,7 +419,7 @@ def bench() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_op_cmd(device, backends, bands, input_size, batch_size, layout, dtype, threads, json_path):
     """The Fourier crop alone: images/sec per backend and band (and against a copy on CUDA)."""
-    from .benchmark import bench_op, markdown_table
+    from etpp_dali.bench.record import bench_op, markdown_table
 
     backend_list = [b.strip() for b in backends.split(",") if b.strip()]
     for b in backend_list:
@@ -445,8 +445,8 @@ def bench_op_cmd(device, backends, bands, input_size, batch_size, layout, dtype,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_crop_cmd(data_dir, bands, resolution, batch_size, threads, rounds, json_path):
     """Decode, random crop, flip, then the exact crop vs the resize to B, in one DALI CPU run."""
-    from .benchmark import bench_crop_pipeline, markdown_table
-    from .data import DataError, scan_dataset
+    from etpp_dali.bench.record import bench_crop_pipeline, markdown_table
+    from etpp_dali.data.scan import DataError, scan_dataset
 
     try:
         scan = scan_dataset(data_dir)
@@ -482,8 +482,8 @@ def bench_loader_cmd(data_dir, bands, magnitude, batch_size, threads, resolution
                      min_batches, min_seconds, files, device, time_limit, json_path, plot):
     """Images/sec of our loader and the loaders a user would pick instead, each timed alone in its
     own process, in rounds of alternating order: median and range per loader and band."""
-    from .bench_loader import BenchError, LoaderBenchSettings, bench_loader
-    from .bench_report import loader_tables
+    from etpp_dali.bench.loader import BenchError, LoaderBenchSettings, bench_loader
+    from etpp_dali.bench.report import loader_tables
 
     settings = LoaderBenchSettings(
         bands=_int_list(bands, "--bands"), magnitude=magnitude, batch=batch_size, threads=threads,
@@ -498,7 +498,7 @@ def bench_loader_cmd(data_dir, bands, magnitude, batch_size, threads, resolution
     except BenchError as exc:
         _fail(str(exc))
     if plot:
-        from .bench_report import plot_loader_bench
+        from etpp_dali.bench.report import plot_loader_bench
 
         plot_loader_bench(doc, plot)
     _emit({"benchmark": "loader", **doc}, json_path, loader_tables(doc))
@@ -526,8 +526,8 @@ def bench_train_cmd(data, recipe, model, budget, baseline_budget, resolution, ba
                     output, json_path, plot):
     """ET++ against the baseline with the same trainer, seed and evaluation schedule: top-1 against
     training wall-clock, the speed-ups, and per stage the images/sec and the loader's share."""
-    from .bench_train import bench_train
-    from .trainer import RecipeError, TrainConfig, load_recipe
+    from etpp_dali.bench.train import bench_train
+    from etpp_dali.train.trainer import RecipeError, TrainConfig, load_recipe
 
     if data is not None and not Path(data).is_dir():
         _fail(f"--data {data}: no such folder; give an ImageFolder root with train/ and val/")
@@ -547,7 +547,7 @@ def bench_train_cmd(data, recipe, model, budget, baseline_budget, resolution, ba
     except RecipeError as exc:
         _fail(str(exc))
     if plot:
-        from .plots import plot_curves
+        from etpp_dali.util.plots import plot_curves
 
         plot_curves(doc["curves"], plot, "training wall-clock (min; evaluation excluded)", "val top-1 (%)",
                     "ET++ against the baseline")
@@ -555,7 +555,7 @@ def bench_train_cmd(data, recipe, model, budget, baseline_budget, resolution, ba
 
 
 def _train_table(doc: dict) -> str:
-    from .benchmark import markdown_table
+    from etpp_dali.bench.record import markdown_table
 
     table = markdown_table(doc["runs"], ["run", "schedule", "epochs", "train_s", "outside_training_s", "images_seen",
                                          "top1", "relative_compute", "time_to_baseline_top1_s"])
@@ -605,9 +605,9 @@ def search(recipe, budget, wall_clock_budget, stages, candidates, proxy_fraction
            dry_run, **flags) -> None:
     """Search the bands of a schedule stage by stage with short proxy trainings; write a schedule
     file that `etpp train --preset FILE` takes."""
-    from .proxy import SearchInterrupted
-    from .search import SearchError, SearchSpace, run_search
-    from .trainer import RecipeError, TrainConfig, load_recipe
+    from etpp_dali.search.core import SearchError, SearchSpace, run_search
+    from etpp_dali.search.proxy import SearchInterrupted
+    from etpp_dali.train.trainer import RecipeError, TrainConfig, load_recipe
 
     try:
         values = load_recipe(find_recipe(recipe or "demo")) if (recipe or not flags.get("data")) else {}

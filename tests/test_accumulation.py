@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from etpp_dali.batching import BatchError, auto_stage_batch, resolve_stage_batches
-from etpp_dali.curriculum import Curriculum
-from etpp_dali.models import unwrap_model
-from etpp_dali.recipe import RecipeError, TrainConfig
+from etpp_dali.curriculum.batching import BatchError, auto_stage_batch, resolve_stage_batches
+from etpp_dali.curriculum.schedule import Curriculum
+from etpp_dali.train.config import RecipeError, TrainConfig
+from etpp_dali.train.models import unwrap_model
 
 TWO_STAGES = """
 split: epochs
@@ -132,7 +132,7 @@ class ImagesByIndex:
 def run_with_fake_loader(cfg: TrainConfig):
     """Train ``cfg`` on :class:`ImagesByIndex`; returns the weights and, per optimiser step, its
     images and learning rate."""
-    from etpp_dali.trainer import Trainer
+    from etpp_dali.train.trainer import Trainer
 
     trainer = Trainer(cfg)
     trainer.train_loader.close()
@@ -181,7 +181,7 @@ def test_an_incomplete_last_group_steps_on_the_mean_of_what_it_holds(demo_root, 
     cfg = TrainConfig(data=str(demo_root), model="test_convnext", preset=str(two_stage_file(tmp_path)), resolution=64,
                       batch_size=32, stage_batch=[16, 16], lr=2e-3, progress=False, threads=2, val_every=10,
                       output=str(tmp_path / "odd"))
-    from etpp_dali.trainer import Trainer
+    from etpp_dali.train.trainer import Trainer
 
     trainer = Trainer(cfg)
     trainer.train_loader.close()
@@ -218,7 +218,7 @@ def resnet_run(demo_root, tmp_path, name, **over):
 
 
 def test_the_loader_serves_each_stage_its_batch_and_the_steps_follow_the_global_batch(demo_root, tmp_path):
-    from etpp_dali.trainer import Trainer
+    from etpp_dali.train.trainer import Trainer
 
     steps = {}
     for name, over in (("whole", {}), ("split", {"stage_batch": [0, 16]})):
@@ -251,7 +251,7 @@ def test_a_run_stopped_in_either_stage_resumes_to_the_uninterrupted_result(demo_
     log of a run never stopped."""
     import signal
 
-    from etpp_dali.trainer import Trainer, train
+    from etpp_dali.train.trainer import Trainer, train
 
     train(resnet_run(demo_root, tmp_path, "straight", stage_batch=[0, 16]))
     cfg = resnet_run(demo_root, tmp_path, "stopped", stage_batch=[0, 16])

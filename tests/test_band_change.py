@@ -10,13 +10,20 @@ import warnings
 from pathlib import Path
 
 import pytest
+import tiny_swin
 import torch
 
-import tiny_swin
-from etpp_dali.models import (adapt_model_to_band, build_model, check_model_takes_bands, create_model, model_at_band,
-                              model_band, unwrap_model)
-from etpp_dali.optimisation import Optimisation
-from etpp_dali.trainer import TrainConfig, Trainer
+from etpp_dali.train.models import (
+    adapt_model_to_band,
+    build_model,
+    check_model_takes_bands,
+    create_model,
+    model_at_band,
+    model_band,
+    unwrap_model,
+)
+from etpp_dali.train.optimisation import Optimisation
+from etpp_dali.train.trainer import TrainConfig, Trainer
 
 CPU = torch.device("cpu")
 LOW, HIGH = tiny_swin.BANDS

@@ -6,8 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from etpp_dali.bench_loader import LoaderBenchSettings, isolation_violations, plan_rounds, sample_indices
-from etpp_dali.bench_loaders import PEERS
+from etpp_dali.bench.loader import LoaderBenchSettings, isolation_violations, plan_rounds, sample_indices
+from etpp_dali.bench.loaders import PEERS
 from etpp_dali.cli import main
 
 pytest.importorskip("nvidia.dali")
@@ -28,7 +28,7 @@ def one_line_error(args, needle):
 @pytest.fixture(scope="module")
 def thousand_images(tmp_path_factory):
     """About 1,000 small JPEGs in 10 classes (no val/)."""
-    from etpp_dali.data import DemoSpec, write_demo_dataset
+    from etpp_dali.data.demo import DemoSpec, write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("bench") / "set",
                               DemoSpec(classes=10, train_per_class=100, val_per_class=0, size=48))
@@ -131,7 +131,7 @@ def test_bench_loader_breakdown_stages(thousand_images, tmp_path):
 
 
 def test_echo_bound_is_what_saving_the_decode_allows():
-    from etpp_dali.bench_report import echo_bound
+    from etpp_dali.bench.report import echo_bound
 
     assert echo_bound(1.0, 0.0, 4) == 1.0  # nothing to save
     assert echo_bound(1.0, 0.5, 2) == pytest.approx(1 / 0.75)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from etpp_dali.curriculum import Curriculum, ScheduleError, StageSpec, scale_band
+from etpp_dali.curriculum.schedule import Curriculum, ScheduleError, StageSpec, scale_band
 
 
 def epochs(cur):

@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
 
-from etpp_dali.fourier import fourier_crop_reference
-
+from etpp_dali.ops.fourier import fourier_crop_reference
 
 dali = pytest.importorskip("nvidia.dali")
 from nvidia.dali import fn, pipeline_def  # noqa: E402
 
-from etpp_dali.dali_ops import fourier_crop, lowpass  # noqa: E402
+from etpp_dali.ops.dali_ops import fourier_crop, lowpass  # noqa: E402
 
 N = 4
 MEAN, STD = [10.0, 20.0, 30.0], [2.0, 3.0, 4.0]
@@ -122,7 +121,7 @@ def test_gpu_operator_equals_torch_fourier_crop_on_the_same_batch():
     batch by batch, with three batches in flight."""
     import torch
 
-    from etpp_dali.fourier import fourier_crop as torch_fourier_crop
+    from etpp_dali.ops.fourier import fourier_crop as torch_fourier_crop
 
     batches = make_batches(seed=3)
     p = build(batches, device_id=0, gpu=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from etpp_dali.data import DataError, DemoSpec, inspect_image, scan_dataset, write_demo_dataset
+from etpp_dali.data.demo import DemoSpec, write_demo_dataset
+from etpp_dali.data.scan import DataError, inspect_image, scan_dataset
 
 
 def digest(root: Path) -> str:

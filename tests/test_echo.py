@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from etpp_dali import Curriculum, StageSpec
-from etpp_dali.echo import echo_uses, echo_window, parse_echo
-from etpp_dali.loader import CurriculumLoader
+from etpp_dali.loader.echo.schedule import echo_uses, echo_window, parse_echo
+from etpp_dali.loader.loaders import CurriculumLoader
 
 pytest.importorskip("nvidia.dali")
 
@@ -114,7 +114,7 @@ def test_erasing_hits_about_reprob_of_the_samples_reproducibly(unique_list):
 
 
 def test_dali_iterator_and_bad_settings(unique_list):
-    from etpp_dali.dali_iterator import DALIStyleIterator
+    from etpp_dali.loader.dali_iterator import DALIStyleIterator
 
     cur = echo_schedule()
     assert isinstance(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu").dali_iterator(), DALIStyleIterator)
@@ -129,7 +129,7 @@ def test_dali_iterator_and_bad_settings(unique_list):
 
 # ---------------------------------------------------------------------------------- echo="auto"
 def test_chooser_picks_the_smallest_factor_that_keeps_the_wait_under_5_percent():
-    from etpp_dali.echo_auto import choose_echo, predicted_wait
+    from etpp_dali.loader.echo.auto import choose_echo, predicted_wait
 
     assert choose_echo(0.01, 1.0, 1, 4) == 1            # waited 1%: keeps r
     assert choose_echo(1.0, 1.0, 1, 4) == 2             # single graph, loader 2 s/step against 1 s away
@@ -145,7 +145,7 @@ def test_chooser_picks_the_smallest_factor_that_keeps_the_wait_under_5_percent()
 
 def fixed_chooser(monkeypatch, factor):
     """choose_echo replaced by one that always picks ``factor`` (no timing in the test's outcome)."""
-    from etpp_dali import echo_auto
+    from etpp_dali.loader.echo import auto as echo_auto
 
     monkeypatch.setattr(echo_auto, "choose_echo", lambda *args, **kwargs: factor)
 

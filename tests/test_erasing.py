@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from etpp_dali.erasing import RandomErasing, apply_erasing, sample_erasing
+from etpp_dali.ops.erasing import RandomErasing, apply_erasing, sample_erasing
 
 N, B = 4000, 48
 

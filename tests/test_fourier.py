@@ -2,9 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from etpp_dali.fourier import (FourierCropper, _channel_vector, choose_backend, crop_matrices, fourier_crop,
-                               fourier_crop_reference)
-
+from etpp_dali.ops.fourier import (
+    FourierCropper,
+    _channel_vector,
+    choose_backend,
+    crop_matrices,
+    fourier_crop,
+    fourier_crop_reference,
+)
 
 BACKENDS = ("matmul", "fft")
 SHAPES = [  # (N, C, H, W, bh, bw)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from etpp_dali import Curriculum, StageSpec
-from etpp_dali.dali_iterator import DALIStyleIterator
+from etpp_dali.loader.dali_iterator import DALIStyleIterator
 
 pytest.importorskip("nvidia.dali")
 
-from etpp_dali.loader import CurriculumLoader  # noqa: E402
+from etpp_dali.loader.loaders import CurriculumLoader  # noqa: E402
 
 
 def schedule():
@@ -147,7 +147,7 @@ def test_resume_through_the_iterator(unique_list):
 def test_import_stays_light_and_the_loaders_are_top_level_names():
     code = ("import sys, etpp_dali; assert 'torch' not in sys.modules and 'nvidia.dali' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith(('torch', 'nvidia')))[:5]; "
-            "from etpp_dali import CurriculumLoader, ValidationLoader; import etpp_dali.loader as L; "
+            "from etpp_dali import CurriculumLoader, ValidationLoader; import etpp_dali.loader.loaders as L; "
             "assert CurriculumLoader is L.CurriculumLoader and ValidationLoader is L.ValidationLoader")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]

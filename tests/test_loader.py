@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from etpp_dali import Curriculum, StageSpec
-from etpp_dali.data import DataError
-from etpp_dali.loader import CurriculumLoader, ValidationLoader
+from etpp_dali.data.scan import DataError
+from etpp_dali.loader.loaders import CurriculumLoader, ValidationLoader
 
 pytest.importorskip("nvidia.dali")
 
@@ -207,8 +207,8 @@ def damaged_png(tmp_path) -> Path:
 def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp_path, capfd):
     """A damaged file that slipped past the up-front check (here: added to the source by hand)
     is reported once, left out, and training and validation go on."""
-    from etpp_dali.data import ImageRecord
-    from etpp_dali.sources import image_folder
+    from etpp_dali.data.scan import ImageRecord
+    from etpp_dali.data.sources import image_folder
 
     bad = damaged_png(tmp_path)
     src = image_folder(demo_root / "train")
@@ -265,7 +265,7 @@ def odd_sized_val(tmp_path):
 
 
 def unnormalised(x: torch.Tensor) -> torch.Tensor:
-    from etpp_dali.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
+    from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
 
     std, mean = torch.tensor(IMAGENET_STD_255).view(3, 1, 1), torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1)
     return x.float().cpu() * std + mean
@@ -298,8 +298,8 @@ def test_validation_cpu_and_gpu_take_the_same_pixels(odd_sized_val):
 
 
 def test_device_id_selects_the_gpu(demo_root, monkeypatch):
-    from etpp_dali.loader import resolve_device
-    from etpp_dali.pipeline import define_train_pipeline
+    from etpp_dali.loader.graphs import define_train_pipeline
+    from etpp_dali.util.devices import resolve_device
 
     with pytest.raises(ValueError, match="device_id = 0 selects a GPU, but device = 'cpu'"):
         resolve_device("cpu", 0)

@@ -7,9 +7,17 @@ import pytest
 from click.testing import CliRunner
 
 from etpp_dali.cli import main
-from etpp_dali.curriculum import Curriculum, StageSpec
-from etpp_dali.measure import (MeasureError, Rates, measure_loader_rate, measure_schedule, measure_step_rate,
-                               overlap_for, predict_schedule_time, seconds_per_epoch)
+from etpp_dali.curriculum.schedule import Curriculum, StageSpec
+from etpp_dali.train.measure import (
+    MeasureError,
+    Rates,
+    measure_loader_rate,
+    measure_schedule,
+    measure_step_rate,
+    overlap_for,
+    predict_schedule_time,
+    seconds_per_epoch,
+)
 
 pytest.importorskip("nvidia.dali")
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-from etpp_dali.pipeline import PipelineConfig, centre_crop_geometry, sample_crop_windows, val_resize_size
+from etpp_dali.loader.graphs import PipelineConfig, centre_crop_geometry, sample_crop_windows, val_resize_size
 
 
 def test_crop_windows_fit_and_follow_torchvision_statistics():
@@ -71,7 +71,7 @@ def test_val_geometry_is_torchvisions_resize_and_centre_crop():
 
 
 def test_named_feed_and_outputs():
-    from etpp_dali.pipeline import TRAIN_OUTPUTS, TrainBatch, make_train_batch, make_val_batch
+    from etpp_dali.loader.graphs import TRAIN_OUTPUTS, TrainBatch, make_train_batch, make_val_batch
 
     cfg = PipelineConfig(resolution=32, batch_size=2)
     encoded = [np.zeros(4, np.uint8)] * 2
@@ -103,7 +103,7 @@ def test_gpu_graphs_are_defined_without_a_gpu(kind, options, monkeypatch):
     argument names, an input on the wrong device (a CPU operator on GPU data, a missing .gpu()),
     an argument input off the CPU; building the Python graph then checks every operator's
     arguments against its schema. The image output must come out on the GPU."""
-    from etpp_dali import pipeline
+    from etpp_dali.loader import graphs as pipeline
 
     named = {}
     graph = getattr(pipeline, f"_{kind}_graph")

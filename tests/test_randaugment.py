@@ -4,17 +4,27 @@ import random
 
 import numpy as np
 import pytest
+from conftest import HYMENOPTERA
 from PIL import Image, ImageOps
 
-from etpp_dali.randaugment import (COLOUR, FILL, GEOMETRIC, NUM_ARGS, OPS, OPS_PER_IMAGE, apply_colour_ops_pil,
-                                   colour_branches, lut, lut_expression, sample_randaugment)
-
-from conftest import HYMENOPTERA
+from etpp_dali.ops.randaugment import (
+    COLOUR,
+    FILL,
+    GEOMETRIC,
+    NUM_ARGS,
+    OPS,
+    OPS_PER_IMAGE,
+    apply_colour_ops_pil,
+    colour_branches,
+    lut,
+    lut_expression,
+    sample_randaugment,
+)
 
 dali = pytest.importorskip("nvidia.dali")
 from nvidia.dali import fn, pipeline_def  # noqa: E402
 
-from etpp_dali.dali_ops import apply_colour_ops, apply_randaugment  # noqa: E402
+from etpp_dali.ops.dali_ops import apply_colour_ops, apply_randaugment  # noqa: E402
 
 NAMES = [op.name for op in OPS]
 LUT_OPS = ("Invert", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd")

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from etpp_dali.reference import install_posterize_guard, reference_transform
+from etpp_dali.bench.reference import install_posterize_guard, reference_transform
 
 
 def test_posterize_guard_gives_black_for_zero_bits():
@@ -53,7 +53,7 @@ def test_reference_loader_runs_in_spawned_workers(tmp_path):
     posterize draws keep 0 bits, which Pillow 13 refuses without the guard."""
     import multiprocessing
 
-    from etpp_dali.reference import ReferenceDataset
+    from etpp_dali.bench.reference import ReferenceDataset
 
     path = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(path)

@@ -14,9 +14,17 @@ import pytest
 from click.testing import CliRunner
 
 from etpp_dali.cli import main
-from etpp_dali.curriculum import Curriculum, StageSpec
-from etpp_dali.search import (ComputeBudget, allocate_epochs, SearchError, SearchSpace, WallClockBudget, max_proxy_runs,
-                              schedule_yaml, sequential_search)
+from etpp_dali.curriculum.schedule import Curriculum, StageSpec
+from etpp_dali.search.core import (
+    ComputeBudget,
+    SearchError,
+    SearchSpace,
+    WallClockBudget,
+    allocate_epochs,
+    max_proxy_runs,
+    schedule_yaml,
+    sequential_search,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,7 +212,7 @@ def test_cli_bad_input_one_line_errors(args, needle, tmp_path):
 
 
 def test_cli_data_without_val_split(tmp_path):
-    from etpp_dali.data import DemoSpec, write_demo_dataset
+    from etpp_dali.data.demo import DemoSpec, write_demo_dataset
 
     root = write_demo_dataset(tmp_path / "d", DemoSpec(classes=2, train_per_class=4, val_per_class=1, size=24))
     (root / "val").rename(tmp_path / "elsewhere")
@@ -236,7 +244,7 @@ TINY = ["--model", "test_resnet", "--resolution", "32", "--budget", "4", "--stag
 
 
 def test_proxy_subset_is_class_balanced_and_seeded(demo_root, tmp_path):
-    from etpp_dali.proxy import plan_proxy_data
+    from etpp_dali.search.proxy import plan_proxy_data
 
     a = plan_proxy_data(demo_root, tmp_path, fraction=0.25, seed=0, val_split=None)
     assert len(a.train) == 4 * 6 and len(a.val) == 4 * 6 and a.train_images == 96
@@ -254,8 +262,8 @@ def test_proxy_subset_is_class_balanced_and_seeded(demo_root, tmp_path):
 def test_cache_key_follows_what_changes_a_run(demo_root, tmp_path):
     import dataclasses
 
-    from etpp_dali.proxy import TrainerProxy, plan_proxy_data
-    from etpp_dali.trainer import TrainConfig
+    from etpp_dali.search.proxy import TrainerProxy, plan_proxy_data
+    from etpp_dali.train.trainer import TrainConfig
 
     data = plan_proxy_data(demo_root, tmp_path, fraction=0.5, seed=0, val_split=None)
     cfg = TrainConfig(model="test_resnet", resolution=32)
@@ -271,9 +279,9 @@ def test_cache_key_follows_what_changes_a_run(demo_root, tmp_path):
 
 
 def test_proxy_top1_is_the_mean_over_its_seeds_and_each_seed_is_cached(demo_root, tmp_path, monkeypatch):
-    import etpp_dali.trainer
-    from etpp_dali.proxy import TrainerProxy, plan_proxy_data
-    from etpp_dali.trainer import TrainConfig
+    import etpp_dali.train.trainer
+    from etpp_dali.search.proxy import TrainerProxy, plan_proxy_data
+    from etpp_dali.train.trainer import TrainConfig
 
     trained = []
 
@@ -282,7 +290,7 @@ def test_proxy_top1_is_the_mean_over_its_seeds_and_each_seed_is_cached(demo_root
         trained.append(cfg.seed)
         return {"top1": 50.0 + 10 * (cfg.seed - 3), "wall_s": 0.0}
 
-    monkeypatch.setattr(etpp_dali.trainer, "train", fake_train)
+    monkeypatch.setattr(etpp_dali.train.trainer, "train", fake_train)
     data = plan_proxy_data(demo_root, tmp_path, fraction=0.5, seed=0, val_split=None)
     cur = budget(4).build([16, 32], space(resolution=32, stages=2, candidates=[16, 24]))
     base = TrainConfig(model="test_resnet", resolution=32, seed=3, echo="auto")
@@ -351,8 +359,8 @@ def test_killed_search_resumes_where_it_stopped(demo_root, tmp_path):
 
 
 def test_wall_clock_budget_times_each_band_at_the_batch_training_uses():
-    from etpp_dali.search import band_batches
-    from etpp_dali.trainer import TrainConfig
+    from etpp_dali.search.core import band_batches
+    from etpp_dali.train.trainer import TrainConfig
 
     sp = SearchSpace.create(resolution=64, stages=10)
     auto = TrainConfig(model="resnet10t", resolution=64, batch_size=64, global_batch=128, stage_batch="auto")

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from etpp_dali.data import DataError
-from etpp_dali.sources import file_list, image_folder, open_source, webdataset
+from etpp_dali.data.scan import DataError
+from etpp_dali.data.sources import file_list, image_folder, open_source, webdataset
 
 
 def demo_files(demo_root: Path, split="train"):

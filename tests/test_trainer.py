@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from etpp_dali.cli import main
-from etpp_dali.curriculum import Curriculum
-from etpp_dali.trainer import RecipeError, TrainConfig, Trainer, load_recipe, train
+from etpp_dali.curriculum.schedule import Curriculum
+from etpp_dali.train.trainer import RecipeError, TrainConfig, Trainer, load_recipe, train
 
 pytest.importorskip("nvidia.dali")
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_ddp_two_cpu_processes_with_gloo(demo_root, tmp_path):
 @pytest.mark.parametrize("name,bands", [("swin_tiny_patch4_window7_224", [96, 160, 224]),
                                         ("test_vit", [64, 96, 160])])
 def test_transformers_follow_band_changes(name, bands):
-    from etpp_dali.models import adapt_model_to_band, check_model_takes_bands, create_model
+    from etpp_dali.train.models import adapt_model_to_band, check_model_takes_bands, create_model
 
     model = create_model(name, num_classes=3, drop_path=0.0)
     check_model_takes_bands(model, bands, torch.device("cpu"), torch.contiguous_format)
@@ -289,7 +289,7 @@ def test_tensorboard_flag_says_what_is_missing_or_logs(demo_root, tmp_path):
 
 
 def test_drop_path_scales_by_the_schedule_kind_not_its_name(tmp_path):
-    from etpp_dali.models import build_model
+    from etpp_dali.train.models import build_model
 
     # a schedule file whose name starts with "et" keeps the rate given
     etc = tmp_path / "etc_schedule.yaml"
@@ -317,7 +317,7 @@ def test_an_epoch_reads_the_device_once_and_ranks_vote_every_sync_every_steps(de
     """Each read of a device value makes the host wait for the GPU: the loss adds up on the
     device and is read once an epoch; under DDP the stop vote (a collective) is held every
     SYNC_EVERY steps and at the epoch's last, not every step."""
-    import etpp_dali.trainer as trainer_module
+    import etpp_dali.train.trainer as trainer_module
 
     trainer = Trainer(tiny(demo_root, tmp_path, batch_size=4))
     steps = trainer.train_loader.batches_in_epoch(0)
@@ -358,7 +358,7 @@ def test_an_epoch_reads_the_device_once_and_ranks_vote_every_sync_every_steps(de
 
 
 def test_eval_counts_hits_and_loss_on_the_device():
-    from etpp_dali.evaluation import eval_counts
+    from etpp_dali.train.evaluation import eval_counts
 
     logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, -1.0, -2.0],   # label 1: top-1
                            [5.0, 0.0, 4.0, 3.0, 2.0, 1.0],     # label 2: top-5, not top-1
@@ -373,7 +373,7 @@ def test_eval_counts_hits_and_loss_on_the_device():
 
 
 def test_rng_states_of_more_gpus_than_are_visible_restore_those_there_are(monkeypatch):
-    from etpp_dali import checkpoint
+    from etpp_dali.train import checkpoint
 
     state = checkpoint.rng_state()
     state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]  # saved on 4 GPUs
@@ -394,7 +394,7 @@ def test_rng_states_of_more_gpus_than_are_visible_restore_those_there_are(monkey
 
 
 def test_a_rank_maps_onto_the_gpus_it_can_see():
-    from etpp_dali.distributed import cuda_index_for_rank
+    from etpp_dali.train.distributed import cuda_index_for_rank
 
     assert [cuda_index_for_rank(rank, 8) for rank in range(8)] == list(range(8))  # torchrun: every GPU visible
     assert [cuda_index_for_rank(rank, 1) for rank in range(4)] == [0, 0, 0, 0]    # one visible GPU per process
@@ -418,10 +418,10 @@ def test_paper_recipes_erase_and_step_on_a_global_batch_the_demo_does_not_erase(
 
 
 def test_the_demo_set_is_written_once_per_node_and_found_by_every_process(monkeypatch, tmp_path):
-    import etpp_dali.train_data as train_data
+    import etpp_dali.train.data as train_data
 
     calls = []
-    monkeypatch.setattr("etpp_dali.data.demo_dataset", lambda spec: calls.append("write or find") or tmp_path)
+    monkeypatch.setattr("etpp_dali.data.demo.demo_dataset", lambda spec: calls.append("write or find") or tmp_path)
     monkeypatch.setattr(train_data, "is_distributed", lambda: True)
     monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
     for local_rank, expected in (("0", ["write or find", "barrier", "write or find"]), ("1", ["barrier", "write or find"])):

@@ -1,0 +1,18 @@
+"""The bench wing: images/sec and time to accuracy, measured side by side.
+
+The loader benchmark (each loader timed alone in its own process, rounds in alternating order:
+:mod:`.loader`, :mod:`.window`, the loaders compared in :mod:`.loaders` and :mod:`.reference`, the
+tables in :mod:`.report`), the crop benchmarks and the shared record (:mod:`.record`), and time to
+accuracy against the baseline (:mod:`.train`).
+"""
+
+from etpp_dali.util.lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "bench_loader": "loader",
+    "LoaderBenchSettings": "loader",
+    "bench_train": "train",
+    "markdown_table": "record",
+    "write_results": "record",
+    "machine_info": "record",
+})

@@ -1,0 +1,193 @@
+"""What the loaders feed DALI, batch by batch: which images, in which order, with which draws.
+
+A plan says which source images make the batch at each position (training: (epoch, step);
+validation: the batch number) and leaves out files the decoder failed on; a :class:`Feed` is
+the callable DALI pulls a plan's batches from, from a given position on.
+
+Training epochs: a fresh permutation per epoch from (seed, epoch); with ``num_shards`` ranks each takes
+every ``num_shards``-th image of it (disjoint; the remainder of the division is left out that
+epoch), and completes its last batch from the start of its own part, so every rank runs the same
+number of full batches and sees each of its images at least once. A file the decoder failed on
+takes the place of the next good image of the rank's part.
+
+Training batches: a step of the single graph takes the stage's fresh batch (``batch_size // r``
+images in a stage with replay factor r under tensor replay, the loader completing the batch from
+its replay buffer; else the whole batch, from further passes when an epoch needs more than one;
+echo stages take their images as :mod:`etpp_dali.loader.echo.schedule` lays them out), and its draws come from a
+generator seeded by (seed, epoch, step, rank), so a batch is the same whenever it is made: after
+a resume, a rebuild, or a prefetch across a stage change.
+
+Validation: the rank's images in order, every one once; the last batch is smaller rather than
+padded. A file the decoder failed on is dropped and the later batches shift by one image.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from etpp_dali.curriculum.schedule import Curriculum
+from etpp_dali.data.scan import DataError
+from etpp_dali.data.sources import Source
+from etpp_dali.loader.graphs import PipelineConfig, make_train_batch, make_val_batch
+
+__all__ = ["TrainPlan", "ValPlan", "Feed"]
+
+
+class TrainPlan:
+    """The batches of one rank over the whole schedule (see the module docstring)."""
+
+    def __init__(self, source: Source, curriculum: Curriculum, batch_size: int, cfg: PipelineConfig, *,
+                 seed: int, shard_id: int, num_shards: int) -> None:
+        self.source, self.curriculum, self.batch_size, self.cfg = source, curriculum, batch_size, cfg
+        self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
+        self.shard_len = len(source) // num_shards
+        if self.shard_len < 1:
+            raise DataError(f"{source.name}: {len(source)} images cannot feed {num_shards} ranks")
+        self.excluded: dict[int, str] = {}  # source index -> why the decoder failed on it
+        self.tensor_replay = True  # replay stages decode batch_size // r per step (else the whole batch)
+        self.runs_here: Callable[[int], bool] = lambda epoch: True  # epochs the single graph makes
+        self._labels, self._sizes = source.labels, source.sizes
+
+    def batch_for_epoch(self, epoch: int) -> int:
+        """The per-device batch of ``epoch``: its stage's ``batch`` when set, else ``batch_size``."""
+        return self.curriculum.stage_at(epoch).batch or self.batch_size
+
+    def fresh_batch_size(self, epoch: int) -> int:
+        """Images a step of ``epoch`` decodes in the single graph: the epoch's batch divided by the
+        stage's replay factor with tensor replay (``tensor_replay``), else the whole batch."""
+        replay = self.curriculum.stage_at(epoch).replay if self.tensor_replay else 1
+        return max(1, self.batch_for_epoch(epoch) // replay)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Steps of ``epoch``: the schedule's (its stage's replay factor r gives r times the steps of
+        a pass over the rank's images), whatever the runtime echo factor."""
+        return math.ceil(self.shard_len / max(1, self.batch_for_epoch(epoch) // self.curriculum.stage_at(epoch).replay))
+
+    def successor(self, position: tuple[int, int]) -> tuple[int, int]:
+        """The (epoch, step) after ``position``."""
+        epoch, step = position
+        return (epoch, step + 1) if step + 1 < self.batches_in_epoch(epoch) else (epoch + 1, 0)
+
+    def shard_pass(self, epoch: int, pass_: int = 0) -> np.ndarray:
+        """This rank's source indices in pass ``pass_`` of ``epoch`` (a fresh permutation per pass;
+        pass 0 is the epoch's own), files the decoder failed on replaced by good ones."""
+        key = [self.seed, epoch, 0x5EED] + ([pass_] if pass_ else [])
+        perm = np.random.default_rng(key).permutation(len(self.source))
+        mine = perm[self.shard_id::self.num_shards][: self.shard_len]
+        if self.excluded:
+            failed = np.isin(mine, list(self.excluded))
+            good = mine[~failed]
+            if not len(good):
+                raise DataError(f"{self.source.name}: every image of this rank failed to decode")
+            bad_at = np.flatnonzero(failed)
+            mine = mine.copy()
+            mine[bad_at] = good[bad_at % len(good)]
+        return mine
+
+    def fresh_sequence(self, epoch: int, count: int) -> np.ndarray:
+        """The first ``count`` fresh images of ``epoch``: its pass, then the start of the pass
+        again (the last batch completed from the rank's own part) or, when ``count`` needs more
+        than one extra batch of images, further passes."""
+        mine = self.shard_pass(epoch)
+        if count <= len(mine) + self.batch_size:
+            return np.concatenate([mine, mine[: count - len(mine)]]) if count > len(mine) else mine[:count]
+        passes = [mine] + [self.shard_pass(epoch, j) for j in range(1, -(-count // len(mine)))]
+        return np.concatenate(passes)[:count]
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This rank's source indices of ``epoch`` in the single graph, one step's images after another."""
+        return self.fresh_sequence(epoch, self.batches_in_epoch(epoch) * self.fresh_batch_size(epoch))
+
+    def batch_indices(self, position: tuple[int, int], order: np.ndarray | None = None) -> np.ndarray:
+        """The source indices of batch (epoch, step); ``order``: :meth:`epoch_order` when known."""
+        epoch, step = position
+        fresh = self.fresh_batch_size(epoch)
+        order = self.epoch_order(epoch) if order is None else order
+        return order[step * fresh:(step + 1) * fresh]
+
+    def leave_out(self, index: int, reason: str) -> None:
+        """The decoder failed on source image ``index``: it is replaced for the rest of the run."""
+        self.excluded[index] = reason
+
+    def batches(self, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], tuple]]:
+        """(position, pipeline inputs) from ``start`` to the end of the schedule, in consumption order."""
+        epoch, step = start
+        while epoch < self.curriculum.total_epochs and self.runs_here(epoch):
+            stage = self.curriculum.stage_at(epoch)
+            order = self.epoch_order(epoch)
+            for s in range(step, self.batches_in_epoch(epoch)):
+                idx = self.batch_indices((epoch, s), order)
+                rng = np.random.default_rng([self.seed, epoch, s, self.shard_id])
+                batch = make_train_batch([self.source.read(int(i)) for i in idx], self._labels[idx],
+                                         self._sizes[idx], band=stage.band, magnitude=stage.magnitude, epoch=epoch,
+                                         step=s, rng=rng, cfg=self.cfg)
+                yield (epoch, s), batch.as_feed(self.cfg.randaugment)
+            epoch, step = epoch + 1, 0
+
+
+class ValPlan:
+    """Validation batches of ``indices`` (source indices, in order) of ``batch_size`` images."""
+
+    def __init__(self, source: Source, indices: Sequence[int], batch_size: int, cfg: PipelineConfig) -> None:
+        self.source, self.batch_size, self.cfg = source, batch_size, cfg
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self._labels, self._sizes = source.labels, source.sizes
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def successor(self, position: int) -> int:
+        return position + 1
+
+    def batch_indices(self, position: int) -> np.ndarray:
+        return self.indices[position * self.batch_size:(position + 1) * self.batch_size]
+
+    def leave_out(self, index: int, reason: str) -> None:
+        """The decoder failed on source image ``index``: dropped, later batches shift by one image."""
+        self.indices = self.indices[self.indices != index]
+
+    def batches(self, start: int) -> Iterator[tuple[int, tuple]]:
+        for s in range(start, len(self)):
+            idx = self.batch_indices(s)
+            batch = make_val_batch([self.source.read(int(i)) for i in idx], self._labels[idx], self._sizes[idx],
+                                   self.cfg)
+            yield s, batch.as_feed()
+
+
+class Feed:
+    """The callable DALI pulls a plan's batches from, from position ``start`` on. Remembers the
+    positions it produced that the loader has not taken yet (``produced``, oldest first): the
+    batches DALI holds, among which a decode failure happened."""
+
+    def __init__(self, plan: Any, start: Any) -> None:
+        self.plan = plan
+        self._batches = plan.batches(start)
+        self.produced: collections.deque = collections.deque()
+        self.next_unproduced = start
+
+    def __call__(self) -> tuple:
+        position, values = next(self._batches)  # StopIteration ends the pipeline's data
+        self.produced.append(position)
+        self.next_unproduced = self.plan.successor(position)
+        return values
+
+    def next_batch(self) -> Any:
+        """The position the pipeline hands out next."""
+        return self.produced[0] if self.produced else self.next_unproduced
+
+    def take(self) -> Any:
+        """The loader took the oldest batch out of the pipeline: its position."""
+        return self.produced.popleft()
+
+    def in_flight(self, place: int) -> list[int]:
+        """The source indices at ``place`` of the batches produced and not taken."""
+        batches = (self.plan.batch_indices(position) for position in self.produced)
+        return [int(b[place]) for b in batches if place < len(b)]
+
+    def restart(self) -> "Feed":
+        """A new feed of the same plan from the first batch not taken (after a file was left out)."""
+        return Feed(self.plan, self.next_batch())

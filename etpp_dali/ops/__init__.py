@@ -1,0 +1,17 @@
+"""The ops wing: what the pipelines do to each image.
+
+The exact low-frequency (Fourier) crop in NumPy/torch, RandAugment's op table and its seeded
+draws (timm's ``rand-m{m}-mstd0.5-inc1``), the DALI operators built on them (crop, resize, warp,
+RandAugment on CPU and GPU data), and random erasing on a batch.
+"""
+
+from etpp_dali.util.lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "fourier_crop": "fourier",
+    "FourierCropper": "fourier",
+    "fourier_crop_reference": "fourier",
+    "RandAugmentParams": "randaugment",
+    "sample_randaugment": "randaugment",
+    "RandomErasing": "erasing",
+})

@@ -1,0 +1,231 @@
+"""The proxy training behind ``etpp search``: the trainer of ``etpp train``, on a seeded,
+class-balanced subset of the training set, scored on the whole validation split.
+
+- The subset: in every class ``round(fraction x n_c)`` of its training images (at least one),
+  drawn with the seed. It is laid out under the search's output folder as an ImageFolder of
+  links to the original files: ``train/`` and ``val/`` (the data set's own val split, or, with
+  ``--val-split``, a seeded class-balanced hold-out of train that the subset never draws from).
+- A proxy run trains the candidate schedule unchanged, with its data epochs, on the subset: it
+  costs ``fraction`` of what the schedule's full run costs. A schedule's proxy top-1 is the mean
+  of ``--proxy-seeds`` runs (seeds ``seed``, ``seed + 1``, ...; default 2); every schedule of one
+  search uses the same seeds, so candidates differ only by their schedule; for the same reason
+  a recipe's ``echo: auto`` (whose factor follows timings) trains without echo in the proxy.
+- The cache: each run lives in ``runs/<key>/``, ``key`` being a hash of everything that
+  determines the run (the schedule, every training setting that changes the result, the
+  subset's files). ``result.json`` there marks it done; a search run again with the same
+  settings reads it instead of training. A run killed part-way resumes from its last
+  checkpoint; the checkpoints of a finished run are deleted (only its result is needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from etpp_dali.curriculum.schedule import Curriculum
+from etpp_dali.data.scan import DataError
+from etpp_dali.search.core import SearchError
+from etpp_dali.util.files import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from etpp_dali.train.trainer import TrainConfig
+
+__all__ = ["ProxyData", "SearchInterrupted", "TrainerProxy", "check_seeds", "describe_subset", "plan_proxy_data",
+           "training_settings"]
+
+CACHE_VERSION = 2  # 2: echo auto trains without echo
+# TrainConfig fields the proxy sets itself, or that do not change what a run learns
+_NOT_KEYED = {"name", "output", "progress", "tensorboard", "threads", "data", "val_split", "preset", "family",
+              "budget", "resolution", "replay", "baseline", "baseline_budget", "val_every"}
+
+
+def training_settings(cfg: "TrainConfig") -> dict[str, Any]:
+    """The settings of ``cfg`` that change what a proxy run learns."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_KEYED}
+
+
+class SearchInterrupted(RuntimeError):
+    """A proxy run was stopped by Ctrl-C or SIGTERM; its checkpoint is kept for the resume."""
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    """The proxy's data: which files, and where their ImageFolder of links goes."""
+
+    root: Path                              # the ImageFolder of links (train/, val/)
+    classes: list[str]
+    train: list[tuple[str, int]]            # (path, label) of the subset
+    val: list[tuple[str, int]]
+    train_images: int                       # training images of a full run (after any hold-out)
+    fingerprint: str
+
+    def materialise(self) -> Path:
+        """Write the ImageFolder of links (once; atomically) and return its root."""
+        if (self.root / "train").is_dir():
+            return self.root
+        with atomic_path(self.root) as tmp:
+            for split, files in (("train", self.train), ("val", self.val)):
+                for i, (path, label) in enumerate(files):
+                    folder = tmp / split / self.classes[label]
+                    folder.mkdir(parents=True, exist_ok=True)
+                    _link(Path(path).resolve(), folder / f"{i:07d}_{Path(path).name}")
+        return self.root
+
+
+def _link(target: Path, link: Path) -> None:
+    try:
+        os.symlink(target, link)
+    except OSError:  # a file system without symbolic links: copy
+        shutil.copy2(target, link)
+
+
+def _balanced(rng: np.random.Generator, labels: np.ndarray, pool: np.ndarray, fraction: float,
+              keep_one: bool) -> np.ndarray:
+    """Per class, ``round(fraction x n_c)`` members of ``pool`` (at least one; with ``keep_one``
+    at most n_c - 1, so the class keeps an image), sorted."""
+    picked = []
+    for c in np.unique(labels[pool]):
+        members = pool[labels[pool] == c]
+        k = max(1, int(round(len(members) * fraction)))
+        if keep_one:
+            k = min(k, len(members) - 1)
+        if k > 0:
+            picked.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
+
+
+def plan_proxy_data(data: str | Path, out: str | Path, *, fraction: float, seed: int,
+                    val_split: float | None) -> ProxyData:
+    """Choose the proxy's files (nothing is written until :meth:`ProxyData.materialise`)."""
+    from etpp_dali.data.sources import open_source
+
+    if not 0.0 < fraction <= 1.0:
+        raise SearchError(f"--proxy-fraction {fraction} is outside (0, 1]; give the share of the training set")
+    root = Path(data)
+    if not root.exists():
+        raise SearchError(f"--data {data}: no such path; give an ImageFolder root with train/ and val/")
+    has_val = root.is_dir() and (root / "val").is_dir()
+    if not has_val and not val_split:
+        raise SearchError(f"--data {data}: has no val/ split; add one or pass --val-split 0.1")
+    try:
+        train = open_source(root, "train")
+        val = open_source(root, "val", classes=train.classes) if has_val else None
+    except DataError as exc:
+        raise SearchError(str(exc)) from None
+    if train.members is not None:
+        raise SearchError(f"--data {data}: the proxy subset is laid out as links to image files, which WebDataset "
+                          "shards are not; give an ImageFolder or a file list")
+    labels = train.labels
+    rng = np.random.default_rng([seed, 0x5EA2C4])
+    pool = np.arange(len(train))
+    if val is None:
+        held = _balanced(rng, labels, pool, val_split, keep_one=True)
+        pool = np.setdiff1d(pool, held)
+        val_files = [(train.records[i].path, int(labels[i])) for i in held]
+    else:
+        val_files = [(r.path, r.label) for r in val.records]
+    subset = _balanced(rng, labels, pool, fraction, keep_one=False)
+    train_files = [(train.records[i].path, int(labels[i])) for i in subset]
+    blob = json.dumps({"classes": train.classes, "train": train_files, "val": val_files}).encode()
+    fingerprint = hashlib.sha256(blob).hexdigest()
+    return ProxyData(Path(out) / f"data-{fingerprint[:12]}", list(train.classes), train_files, val_files,
+                     len(pool), fingerprint)
+
+
+def check_seeds(seeds: Any) -> None:
+    """``--proxy-seeds``: a whole number of runs, at least one."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise SearchError(f"--proxy-seeds {seeds!r} must be an integer >= 1 (proxy runs averaged per schedule)")
+
+
+class TrainerProxy:
+    """``proxy(schedule) -> top1``: the mean proxy top-1 of ``seeds`` cached runs of ``schedule``
+    (seeds ``base.seed``, ``base.seed + 1``, ...) with the settings of ``base`` on ``data``; runs
+    live under ``runs``. More seeds cost more runs and shrink the run-to-run noise that a
+    tolerance of half a point is otherwise smaller than."""
+
+    def __init__(self, base: "TrainConfig", data: ProxyData, runs: str | Path, *, seeds: int = 1,
+                 on_start: Callable[[Curriculum, bool], None] | None = None) -> None:
+        check_seeds(seeds)
+        self.base = base
+        self.data = data
+        self.runs = Path(runs)
+        self.seeds = seeds
+        self.on_start = on_start or (lambda schedule, resumed: None)
+        self.last_seconds = 0.0
+
+    def _seeded(self, i: int) -> "TrainConfig":
+        return dataclasses.replace(self.base, seed=self.base.seed + i)
+
+    def key(self, schedule: Curriculum, seed_index: int = 0) -> str:
+        blob = json.dumps({"version": CACHE_VERSION, "schedule": schedule.to_dict(),
+                           "train": training_settings(self._seeded(seed_index)), "data": self.data.fingerprint},
+                          sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def cached(self, schedule: Curriculum, seed_index: int = 0) -> dict[str, Any] | None:
+        """The recorded result of ``schedule``'s run with seed ``base.seed + seed_index``, if it finished before."""
+        path = self.runs / self.key(schedule, seed_index) / "result.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def cached_runs(self) -> int:
+        return sum(1 for _ in self.runs.glob("*/result.json")) if self.runs.is_dir() else 0
+
+    def __call__(self, schedule: Curriculum) -> float:
+        from etpp_dali.train.trainer import train
+
+        t0 = time.perf_counter()
+        scores = []
+        for i in range(self.seeds):
+            done = self.cached(schedule, i)
+            if done is None:
+                folder = self.runs / self.key(schedule, i)
+                resume = (folder / "last.pt").is_file()
+                self.on_start(schedule, resume)
+                cfg = self._config(self._seeded(i), schedule, folder)
+                done = self._finish(folder, train(cfg, resume=str(folder) if resume else None))
+            scores.append(float(done["top1"]))
+        self.last_seconds = time.perf_counter() - t0
+        return sum(scores) / len(scores)
+
+    def _config(self, base: "TrainConfig", schedule: Curriculum, folder: Path) -> "TrainConfig":
+        folder.mkdir(parents=True, exist_ok=True)
+        schedule_file = folder / "schedule.json"
+        write_text_atomic(schedule_file, json.dumps(schedule.to_dict(), indent=2) + "\n")
+        # echo auto picks its factor from timings, which the machine's load moves: a proxy run
+        # must depend on its schedule and seed alone, so auto trains without echo here
+        echo = "off" if base.echo == "auto" else base.echo
+        return dataclasses.replace(
+            base, echo=echo, name=f"proxy-{folder.name}", data=str(self.data.materialise()), val_split=None,
+            preset=str(schedule_file), budget=None, resolution=schedule.resolution, replay=False, baseline=False,
+            baseline_budget=None, output=str(folder), val_every=10**9, progress=False, tensorboard=False)
+
+    def _finish(self, folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
+        if summary.get("interrupted"):
+            raise SearchInterrupted(f"a proxy run was interrupted; its checkpoint is in {folder}: run the same "
+                                    "command again to resume the search")
+        if summary.get("top1") is None:
+            raise SearchError(f"the proxy run in {folder} ended without a validation score")
+        result = {"top1": summary["top1"], "top5": summary.get("top5"), "wall_s": summary.get("wall_s"),
+                  "epochs": summary.get("epochs"), "schedule": summary.get("schedule")}
+        write_text_atomic(folder / "result.json", json.dumps(result, indent=2) + "\n")
+        for checkpoint in folder.glob("*.pt"):  # the result is recorded: the weights are not needed
+            checkpoint.unlink(missing_ok=True)
+        return result
+
+
+def describe_subset(data: ProxyData, fraction: float) -> str:
+    return (f"proxy data: {len(data.train)} of {data.train_images} training images ({fraction:g}, "
+            f"class-balanced), {len(data.val)} validation images, {len(data.classes)} classes")
