@@ -35,7 +35,7 @@ from pathlib import Path
 
 from etpp_dali.bench.record import markdown_table, write_results
 from etpp_dali.util.files import write_text_atomic
-from etpp_dali.search.core import trials_table
+from etpp_dali.search import trials_table
 
 work, name, t0, t1 = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 seeds = sys.argv[5].split()

@@ -605,7 +605,7 @@ def search(recipe, budget, wall_clock_budget, stages, candidates, proxy_fraction
            dry_run, **flags) -> None:
     """Search the bands of a schedule stage by stage with short proxy trainings; write a schedule
     file that `etpp train --preset FILE` takes."""
-    from etpp_dali.search.core import SearchError, SearchSpace, run_search
+    from etpp_dali.search import SearchError, SearchSpace, run_search
     from etpp_dali.search.proxy import SearchInterrupted
     from etpp_dali.train.trainer import RecipeError, TrainConfig, load_recipe
 

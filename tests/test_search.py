@@ -15,16 +15,10 @@ from click.testing import CliRunner
 
 from etpp_dali.cli import main
 from etpp_dali.curriculum.schedule import Curriculum, StageSpec
-from etpp_dali.search.core import (
-    ComputeBudget,
-    SearchError,
-    SearchSpace,
-    WallClockBudget,
-    allocate_epochs,
-    max_proxy_runs,
-    schedule_yaml,
-    sequential_search,
-)
+from etpp_dali.search.budget import ComputeBudget, WallClockBudget, allocate_epochs
+from etpp_dali.search.report import schedule_yaml
+from etpp_dali.search.sequential import sequential_search
+from etpp_dali.search.space import SearchError, SearchSpace, max_proxy_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,7 +273,7 @@ def test_cache_key_follows_what_changes_a_run(demo_root, tmp_path):
 
 
 def test_proxy_top1_is_the_mean_over_its_seeds_and_each_seed_is_cached(demo_root, tmp_path, monkeypatch):
-    import etpp_dali.train.trainer
+    import etpp_dali.search.proxy
     from etpp_dali.search.proxy import TrainerProxy, plan_proxy_data
     from etpp_dali.train.trainer import TrainConfig
 
@@ -290,7 +284,7 @@ def test_proxy_top1_is_the_mean_over_its_seeds_and_each_seed_is_cached(demo_root
         trained.append(cfg.seed)
         return {"top1": 50.0 + 10 * (cfg.seed - 3), "wall_s": 0.0}
 
-    monkeypatch.setattr(etpp_dali.train.trainer, "train", fake_train)
+    monkeypatch.setattr(etpp_dali.search.proxy, "train", fake_train)
     data = plan_proxy_data(demo_root, tmp_path, fraction=0.5, seed=0, val_split=None)
     cur = budget(4).build([16, 32], space(resolution=32, stages=2, candidates=[16, 24]))
     base = TrainConfig(model="test_resnet", resolution=32, seed=3, echo="auto")
@@ -359,7 +353,7 @@ def test_killed_search_resumes_where_it_stopped(demo_root, tmp_path):
 
 
 def test_wall_clock_budget_times_each_band_at_the_batch_training_uses():
-    from etpp_dali.search.core import band_batches
+    from etpp_dali.search.wallclock import band_batches
     from etpp_dali.train.trainer import TrainConfig
 
     sp = SearchSpace.create(resolution=64, stages=10)

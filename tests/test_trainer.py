@@ -427,5 +427,5 @@ def test_the_demo_set_is_written_once_per_node_and_found_by_every_process(monkey
     for local_rank, expected in (("0", ["write or find", "barrier", "write or find"]), ("1", ["barrier", "write or find"])):
         calls.clear()
         monkeypatch.setenv("LOCAL_RANK", local_rank)
-        assert train_data._data_root(TrainConfig(data="demo")) == tmp_path
+        assert train_data.data_root(TrainConfig(data="demo")) == tmp_path
         assert calls == expected, local_rank

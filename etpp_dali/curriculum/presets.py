@@ -75,7 +75,8 @@ def preset_schedule(name: str, *, family: str = "resnet", budget: float | None =
                            buffer=replays.get(b, (1, 0))[1]) for k, b in enumerate(bands)]
         split = "compute"
     elif name == "et":
-        specs = [StageSpec(band=b, magnitude=float(m), share=1 / len(_ET_BANDS)) for b, m in zip(_ET_BANDS, _ET_MAGNITUDES)]
+        specs = [StageSpec(band=b, magnitude=float(m), share=1 / len(_ET_BANDS))
+                 for b, m in zip(_ET_BANDS, _ET_MAGNITUDES)]
         split = "epochs"
     else:
         specs = [StageSpec(band=REFERENCE_RESOLUTION, magnitude=_BASELINE_MAGNITUDE, share=1.0)]

@@ -161,7 +161,7 @@ def webdataset(shards: str | Path | Sequence[str | Path], *, use_cache: bool = T
 
 def _index_tar(path: str) -> list:
     """[key, data offset, size, label, status] per image member; status as in the scan cache."""
-    images: dict[str, tuple[int, int, str]] = {}
+    images: dict[str, tuple[int, int]] = {}  # key -> (data offset, size)
     labels: dict[str, int] = {}
     problems: dict[str, str] = {}
     try:
@@ -178,12 +178,12 @@ def _index_tar(path: str) -> list:
                     else:
                         problems[key] = f"label {text!r} is not an integer >= 0"
                 elif ext in _WDS_IMAGE_EXTS:
-                    images[key] = (m.offset_data, m.size, ext)
+                    images[key] = (m.offset_data, m.size)
     except (tarfile.TarError, OSError) as exc:
         raise DataError(f"{path}: not a readable tar shard ({exc})") from None
     out = []
     with open(path, "rb") as f:
-        for key, (offset, size, ext) in images.items():
+        for key, (offset, size) in images.items():
             if key in problems or key not in labels:
                 out.append([key, offset, size, -1, ["bad", problems.get(key, "no .cls label member")]])
                 continue

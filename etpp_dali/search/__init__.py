@@ -1,16 +1,23 @@
 """The search wing: ``etpp search``, the bands of a schedule found stage by stage.
 
-A pure core that takes any ``proxy(schedule) -> top1`` callable (:func:`sequential_search`), the
-budgets it spends, and the proxy training on a seeded subset (:mod:`.proxy`).
+What is searched (:mod:`.space`), what a schedule may spend (:mod:`.budget`, measured on this
+machine for a wall-clock budget by :mod:`.wallclock`), the pure search over any
+``proxy(schedule) -> top1`` callable (:mod:`.sequential`), the proxy training on a seeded subset
+(:mod:`.proxy`), the files a search writes (:mod:`.report`) and the command put together
+(:mod:`.run`). The arrows run one way: space <- budget <- sequential; proxy <- wallclock <- run.
 """
 
 from etpp_dali.util.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "sequential_search": "core",
-    "SearchSpace": "core",
-    "SearchError": "core",
-    "run_search": "core",
-    "trials_table": "core",
-    "allocate_epochs": "core",
+    "SearchError": "space",
+    "SearchSpace": "space",
+    "Trial": "space",
+    "allocate_epochs": "budget",
+    "ComputeBudget": "budget",
+    "WallClockBudget": "budget",
+    "sequential_search": "sequential",
+    "SearchResult": "sequential",
+    "trials_table": "report",
+    "run_search": "run",
 })

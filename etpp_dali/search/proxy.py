@@ -2,9 +2,10 @@
 class-balanced subset of the training set, scored on the whole validation split.
 
 - The subset: in every class ``round(fraction x n_c)`` of its training images (at least one),
-  drawn with the seed. It is laid out under the search's output folder as an ImageFolder of
-  links to the original files: ``train/`` and ``val/`` (the data set's own val split, or, with
-  ``--val-split``, a seeded class-balanced hold-out of train that the subset never draws from).
+  drawn with the seed (:func:`etpp_dali.data.splits.balanced_subset`). It is laid out under the
+  search's output folder as an ImageFolder of links to the original files: ``train/`` and
+  ``val/`` (the data set's own val split, or, with ``--val-split``, the very images ``etpp train
+  --val-split`` holds out with the same seed, which the subset never draws from).
 - A proxy run trains the candidate schedule unchanged, with its data epochs, on the subset: it
   costs ``fraction`` of what the schedule's full run costs. A schedule's proxy top-1 is the mean
   of ``--proxy-seeds`` runs (seeds ``seed``, ``seed + 1``, ...; default 2); every schedule of one
@@ -27,17 +28,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.data.scan import DataError
-from etpp_dali.search.core import SearchError
+from etpp_dali.data.sources import open_source
+from etpp_dali.data.splits import balanced_subset, holdout_indices
+from etpp_dali.search.space import SearchError
+from etpp_dali.train.config import TrainConfig
+from etpp_dali.train.trainer import train
 from etpp_dali.util.files import atomic_path, write_text_atomic
-
-if TYPE_CHECKING:
-    from etpp_dali.train.trainer import TrainConfig
 
 __all__ = ["ProxyData", "SearchInterrupted", "TrainerProxy", "check_seeds", "describe_subset", "plan_proxy_data",
            "training_settings"]
@@ -48,7 +50,7 @@ _NOT_KEYED = {"name", "output", "progress", "tensorboard", "threads", "data", "v
               "budget", "resolution", "replay", "baseline", "baseline_budget", "val_every"}
 
 
-def training_settings(cfg: "TrainConfig") -> dict[str, Any]:
+def training_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The settings of ``cfg`` that change what a proxy run learns."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_KEYED}
 
@@ -88,26 +90,9 @@ def _link(target: Path, link: Path) -> None:
         shutil.copy2(target, link)
 
 
-def _balanced(rng: np.random.Generator, labels: np.ndarray, pool: np.ndarray, fraction: float,
-              keep_one: bool) -> np.ndarray:
-    """Per class, ``round(fraction x n_c)`` members of ``pool`` (at least one; with ``keep_one``
-    at most n_c - 1, so the class keeps an image), sorted."""
-    picked = []
-    for c in np.unique(labels[pool]):
-        members = pool[labels[pool] == c]
-        k = max(1, int(round(len(members) * fraction)))
-        if keep_one:
-            k = min(k, len(members) - 1)
-        if k > 0:
-            picked.append(rng.choice(members, size=k, replace=False))
-    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
-
-
 def plan_proxy_data(data: str | Path, out: str | Path, *, fraction: float, seed: int,
                     val_split: float | None) -> ProxyData:
     """Choose the proxy's files (nothing is written until :meth:`ProxyData.materialise`)."""
-    from etpp_dali.data.sources import open_source
-
     if not 0.0 < fraction <= 1.0:
         raise SearchError(f"--proxy-fraction {fraction} is outside (0, 1]; give the share of the training set")
     root = Path(data)
@@ -125,15 +110,13 @@ def plan_proxy_data(data: str | Path, out: str | Path, *, fraction: float, seed:
         raise SearchError(f"--data {data}: the proxy subset is laid out as links to image files, which WebDataset "
                           "shards are not; give an ImageFolder or a file list")
     labels = train.labels
-    rng = np.random.default_rng([seed, 0x5EA2C4])
-    pool = np.arange(len(train))
-    if val is None:
-        held = _balanced(rng, labels, pool, val_split, keep_one=True)
-        pool = np.setdiff1d(pool, held)
+    if val is None:  # the hold-out of `etpp train --val-split`, image for image
+        pool, held = holdout_indices(labels, val_split, seed)
         val_files = [(train.records[i].path, int(labels[i])) for i in held]
     else:
+        pool = np.arange(len(train))
         val_files = [(r.path, r.label) for r in val.records]
-    subset = _balanced(rng, labels, pool, fraction, keep_one=False)
+    subset = balanced_subset(labels, pool, fraction, seed)
     train_files = [(train.records[i].path, int(labels[i])) for i in subset]
     blob = json.dumps({"classes": train.classes, "train": train_files, "val": val_files}).encode()
     fingerprint = hashlib.sha256(blob).hexdigest()
@@ -153,7 +136,7 @@ class TrainerProxy:
     live under ``runs``. More seeds cost more runs and shrink the run-to-run noise that a
     tolerance of half a point is otherwise smaller than."""
 
-    def __init__(self, base: "TrainConfig", data: ProxyData, runs: str | Path, *, seeds: int = 1,
+    def __init__(self, base: TrainConfig, data: ProxyData, runs: str | Path, *, seeds: int = 1,
                  on_start: Callable[[Curriculum, bool], None] | None = None) -> None:
         check_seeds(seeds)
         self.base = base
@@ -163,7 +146,7 @@ class TrainerProxy:
         self.on_start = on_start or (lambda schedule, resumed: None)
         self.last_seconds = 0.0
 
-    def _seeded(self, i: int) -> "TrainConfig":
+    def _seeded(self, i: int) -> TrainConfig:
         return dataclasses.replace(self.base, seed=self.base.seed + i)
 
     def key(self, schedule: Curriculum, seed_index: int = 0) -> str:
@@ -184,8 +167,6 @@ class TrainerProxy:
         return sum(1 for _ in self.runs.glob("*/result.json")) if self.runs.is_dir() else 0
 
     def __call__(self, schedule: Curriculum) -> float:
-        from etpp_dali.train.trainer import train
-
         t0 = time.perf_counter()
         scores = []
         for i in range(self.seeds):
@@ -200,7 +181,7 @@ class TrainerProxy:
         self.last_seconds = time.perf_counter() - t0
         return sum(scores) / len(scores)
 
-    def _config(self, base: "TrainConfig", schedule: Curriculum, folder: Path) -> "TrainConfig":
+    def _config(self, base: TrainConfig, schedule: Curriculum, folder: Path) -> TrainConfig:
         folder.mkdir(parents=True, exist_ok=True)
         schedule_file = folder / "schedule.json"
         write_text_atomic(schedule_file, json.dumps(schedule.to_dict(), indent=2) + "\n")

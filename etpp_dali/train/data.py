@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.data.scan import DataError
+from etpp_dali.data.splits import holdout_split
 from etpp_dali.train.config import RecipeError, TrainConfig
 from etpp_dali.train.distributed import is_distributed, is_rank0
 
-__all__ = ["TrainData", "holdout_split", "open_train_data"]
+__all__ = ["TrainData", "data_root", "holdout_split", "open_train_data"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.devi
     """Open ``cfg.data`` (train/ and val/, or a held-out ``val_split``) and build both loaders."""
     from etpp_dali.loader.loaders import CurriculumLoader, ValidationLoader
 
-    root = _data_root(cfg)
+    root = data_root(cfg)
     train_src, val_src = _open_splits(root, cfg)
     # batch_size is per device; a stage's own batch comes from the curriculum (Stage.batch)
     train_loader = CurriculumLoader(train_src, curriculum, cfg.batch_size, device=str(device), num_threads=threads,
@@ -53,13 +53,14 @@ def echo_options(cfg: TrainConfig) -> dict[str, Any]:
     return options
 
 
-def _data_root(cfg: TrainConfig) -> Path:
+def data_root(cfg: TrainConfig) -> Path:
     """The data set folder: ``--data``, or the demo set (written once per node by its first
     process while the others wait, then found by every process)."""
     from etpp_dali.data.demo import DemoSpec, demo_dataset
 
     if not cfg.data:
-        raise RecipeError(f"recipe {cfg.name!r} needs a data set: pass --data DIR (an ImageFolder with train/ and val/)")
+        raise RecipeError(f"recipe {cfg.name!r} needs a data set: pass --data DIR (an ImageFolder with train/ "
+                          "and val/)")
     if cfg.data == "demo":
         spec = DemoSpec(classes=cfg.demo_classes, train_per_class=cfg.demo_train_per_class,
                         val_per_class=cfg.demo_val_per_class, size=cfg.demo_size)
@@ -87,26 +88,3 @@ def _open_splits(root: Path, cfg: TrainConfig) -> tuple[Any, Any]:
     except DataError as exc:
         raise RecipeError(str(exc)) from None
     raise RecipeError(f"--data {cfg.data}: has no val/ split; add one or pass --val-split 0.1")
-
-
-def holdout_split(source: Any, fraction: float, seed: int) -> tuple[Any, Any]:
-    """A deterministic train/val split of one source (per class, at least one val image each)."""
-    from etpp_dali.data.sources import Source
-
-    rng = np.random.default_rng([seed, 0xDA7A])
-    labels = source.labels
-    val_idx = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        k = max(1, int(round(len(members) * fraction))) if len(members) > 1 else 0
-        val_idx += list(rng.choice(members, size=k, replace=False))
-    val_set = set(int(i) for i in val_idx)
-    keep = [i for i in range(len(source)) if i not in val_set]
-
-    def subset(idx: list[int]) -> Source:
-        members = None if source.members is None else [source.members[i] for i in idx]
-        return Source(source.name, source.classes, [source.records[i] for i in idx], [], members)
-
-    train = subset(keep)
-    train.bad = source.bad
-    return train, subset(sorted(val_set))
