@@ -195,6 +195,28 @@ def test_schedule_modules_import_neither_torch_nor_dali(module):
     assert res.returncode == 0, res.stderr
 
 
+def test_the_curriculum_wing_with_all_its_modules_imports_neither_torch_nor_dali():
+    """Every module of the wing and every name it exports, loaded in a fresh interpreter."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import etpp_dali.curriculum as wing
+        modules = {m.name for m in pkgutil.iter_modules(wing.__path__)}
+        assert {"schedule", "stages", "presets", "schedule_file", "batching"} <= modules, modules
+        for name in modules:
+            importlib.import_module(f"etpp_dali.curriculum.{name}")
+        for name in wing.__all__:
+            getattr(wing, name)
+        bad = [m for m in ("torch", "nvidia.dali") if m in sys.modules]
+        sys.exit(f"imports {bad}" if bad else 0)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
 def test_kind_says_where_a_schedule_came_from(tmp_path):
     assert [Curriculum.preset(p).kind for p in ("etpp", "et", "baseline")] == ["etpp", "et", "baseline"]
     f = write(tmp_path, "budget: 10\nstages:\n  - {band: 224, magnitude: 9}\n", name="etpp_like.yaml")

@@ -9,7 +9,7 @@ from etpp_dali.util.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "Curriculum": "schedule",
-    "Stage": "schedule",
+    "Stage": "stages",
     "SchedulePosition": "schedule",
     "KINDS": "schedule",
     "ScheduleError": "schedule_file",

@@ -27,15 +27,15 @@ EfficientTrain++ speed-up is 300/E). Learning-rate warm-up and cosine decay foll
 of compute done (:meth:`Curriculum.compute_fraction`), not of data epochs.
 
 The preset tables live in :mod:`etpp_dali.curriculum.presets`, the schedule file and the checks in
-:mod:`etpp_dali.curriculum.schedule_file`; this module keeps the schedule and its queries. None of them
-imports torch or DALI: the loader and the trainer query them.
+:mod:`etpp_dali.curriculum.schedule_file`, the rounding above and the per-stage table in
+:mod:`etpp_dali.curriculum.stages`; this module keeps the schedule, its queries and its position
+in a run. None of them imports torch or DALI: the loader and the trainer query them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -51,6 +51,7 @@ from etpp_dali.curriculum.schedule_file import (
     read_schedule_file,
     scale_band,
 )
+from etpp_dali.curriculum.stages import Stage, resolve_stages, stage_table, step_cost
 
 __all__ = [
     "BASELINE_BUDGET",
@@ -66,28 +67,6 @@ __all__ = [
 ]
 
 KINDS = PRESETS + ("file", "custom")  # where a schedule came from: a preset, a file, or code
-_FLOOR_EPS = 1e-9  # guards floor() against products like 392/10*5 = 195.99999999999997
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One resolved stage: a spec plus the data epochs and compute the budget gives it."""
-
-    index: int
-    band: int
-    magnitude: float
-    replay: int
-    buffer: int
-    share: float
-    epochs: int
-    start_epoch: int
-    compute: float  # in full-resolution epochs
-    batch: int = 0  # per-device batch of the stage; 0: the run's batch
-
-    @property
-    def end_epoch(self) -> int:
-        """One past the stage's last data epoch."""
-        return self.start_epoch + self.epochs
 
 
 @dataclass(frozen=True)
@@ -136,7 +115,8 @@ class Curriculum:
         self.alpha = float(alpha)
         self.baseline_budget = float(baseline_budget)
         self.specs: tuple[StageSpec, ...] = tuple(stages)
-        self.stages: tuple[Stage, ...] = self._resolve()
+        self.stages: tuple[Stage, ...] = resolve_stages(self.specs, budget=self.budget, resolution=resolution,
+                                                        split=split, alpha=self.alpha)
         if self.total_epochs < 1:
             raise ScheduleError(f"{source}: budget = {budget:g} gives no whole data epoch; raise the budget")
 
@@ -193,15 +173,9 @@ class Curriculum:
 
     def to_dict(self) -> dict[str, Any]:
         """The schedule as a mapping that :meth:`from_dict` reads back to an equal schedule."""
-        return {
-            "name": self.name,
-            "budget": self.budget,
-            "resolution": self.resolution,
-            "split": self.split,
-            "alpha": self.alpha,
-            "baseline_budget": self.baseline_budget,
-            "stages": [asdict(s) for s in self.specs],
-        }
+        return {"name": self.name, "budget": self.budget, "resolution": self.resolution, "split": self.split,
+                "alpha": self.alpha, "baseline_budget": self.baseline_budget,
+                "stages": [asdict(s) for s in self.specs]}
 
     def fingerprint(self) -> str:
         """A short hash of the schedule, stored in checkpoints to catch a changed schedule."""
@@ -220,27 +194,6 @@ class Curriculum:
                 f"bands=[{bands}], epochs={self.total_epochs})")
 
     # ---------------------------------------------------------------------------- arithmetic
-    def _cost(self, band: int) -> float:
-        """Cost of one step at ``band`` relative to a full-resolution step."""
-        return (band / self.resolution) ** self.alpha
-
-    def _resolve(self) -> tuple[Stage, ...]:
-        stages = []
-        cumulative = 0.0
-        start = 0
-        for i, spec in enumerate(self.specs):
-            scale = 1.0 / self._cost(spec.band) if self.split == "compute" else 1.0
-            whole_run = math.floor(self.budget * scale / spec.replay + _FLOOR_EPS)
-            lo = math.floor(whole_run * cumulative + _FLOOR_EPS)
-            cumulative += spec.share
-            hi = math.floor(whole_run * min(cumulative, 1.0) + _FLOOR_EPS)
-            epochs = hi - lo
-            compute = epochs * spec.replay * self._cost(spec.band)
-            stages.append(Stage(i, spec.band, float(spec.magnitude), spec.replay, spec.buffer,
-                                spec.share, epochs, start, compute, spec.batch))
-            start += epochs
-        return tuple(stages)
-
     @property
     def total_epochs(self) -> int:
         """Data epochs over all stages (each one a full pass over the training set)."""
@@ -285,7 +238,7 @@ class Curriculum:
         stage = self.stage_at(epoch)
         before = sum(s.compute for s in self.stages[: stage.index])
         inside = (epoch - stage.start_epoch) + min(max(step, 0), steps_per_epoch) / max(steps_per_epoch, 1)
-        return before + inside * stage.replay * self._cost(stage.band)
+        return before + inside * stage.replay * step_cost(stage.band, self.resolution, self.alpha)
 
     def compute_fraction(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
         """Fraction of the schedule's compute done at (epoch, step): what LR schedules follow."""
@@ -325,27 +278,11 @@ class Curriculum:
     # ------------------------------------------------------------------------------- reports
     def table(self) -> list[dict[str, Any]]:
         """One row a stage: what ``etpp schedule`` prints and ``--json`` writes."""
-        total = self.total_compute
-        rows, cumulative = [], 0.0
-        for s in self.stages:
-            cumulative += s.compute
-            rows.append({
-                "stage": s.index, "band": s.band, "magnitude": s.magnitude, "replay": s.replay, "batch": s.batch,
-                "epochs": s.epochs, "start_epoch": s.start_epoch, "end_epoch": s.end_epoch,
-                "compute": round(s.compute, 4), "compute_share": round(s.compute / total, 4),
-                "cumulative_compute": round(cumulative / total, 4),
-            })
-        return rows
+        return stage_table(self.stages)
 
     def summary(self, baseline_budget: float | None = None) -> dict[str, Any]:
         """The schedule's totals and its stages as one JSON-ready document."""
         base = baseline_budget or self.baseline_budget
-        return {
-            **self.to_dict(),
-            "baseline_budget": base,
-            "stages": self.table(),
-            "data_epochs": self.total_epochs,
-            "total_compute": round(self.total_compute, 4),
-            "relative_compute": round(self.relative_compute(base), 4),
-            "speedup": round(self.speedup(base), 4),
-        }
+        return {**self.to_dict(), "baseline_budget": base, "stages": self.table(), "data_epochs": self.total_epochs,
+                "total_compute": round(self.total_compute, 4),
+                "relative_compute": round(self.relative_compute(base), 4), "speedup": round(self.speedup(base), 4)}
