@@ -253,6 +253,25 @@ def test_proxy_subset_is_class_balanced_and_seeded(demo_root, tmp_path):
     assert len(list((root / "train").rglob("*.jpg"))) == 24 and len(list((root / "val").rglob("*.jpg"))) == 24
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_train_and_search_hold_out_the_same_images_for_val_split(demo_root, tmp_path, seed):
+    """`etpp train --val-split 0.2` and `etpp search --val-split 0.2` on one data set: the same
+    validation images, through the functions each command opens its data with."""
+    from etpp_dali.search.proxy import plan_proxy_data
+    from etpp_dali.train.data import _open_splits, data_root
+    from etpp_dali.train.trainer import TrainConfig
+
+    cfg = TrainConfig(data=str(demo_root / "train"), val_split=0.2, seed=seed)  # no val/ folder there
+    train_src, val_src = _open_splits(data_root(cfg), cfg)
+    proxy = plan_proxy_data(data_root(cfg), tmp_path, fraction=0.5, seed=cfg.seed, val_split=cfg.val_split)
+    held = sorted(r.path for r in val_src.records)
+    assert len(held) == 4 * 5  # round(0.2 x 24) of each class
+    assert sorted(path for path, _ in proxy.val) == held
+    assert sorted((path, label) for path, label in proxy.val) == sorted((r.path, r.label) for r in val_src.records)
+    assert proxy.train_images == len(train_src) == 4 * 19
+    assert {path for path, _ in proxy.train} <= {r.path for r in train_src.records}
+
+
 def test_cache_key_follows_what_changes_a_run(demo_root, tmp_path):
     import dataclasses
 

@@ -8,6 +8,7 @@ import pytest
 
 from etpp_dali.data.scan import DataError
 from etpp_dali.data.sources import file_list, image_folder, open_source, webdataset
+from etpp_dali.data.splits import balanced_subset, holdout_indices, holdout_split
 
 
 def demo_files(demo_root: Path, split="train"):
@@ -84,3 +85,40 @@ def test_webdataset_shards(tmp_path, demo_root):
     assert [r.path for r in again.records] == [r.path for r in src.records]
     with pytest.raises(DataError, match="matches no .tar shard"):
         webdataset(str(tmp_path / "b-*.tar"))
+
+
+# ------------------------------------------------------------------- class-balanced draws
+def test_holdout_is_class_balanced_seeded_and_keeps_every_class():
+    labels = np.repeat(np.arange(4), [20, 10, 2, 1])  # the last class has one image
+    kept, held = holdout_indices(labels, 0.2, seed=3)
+    assert np.array_equal(np.sort(np.concatenate([kept, held])), np.arange(len(labels)))  # a partition
+    assert list(np.bincount(labels[held], minlength=4)) == [4, 2, 1, 0]  # round(0.2 n), at least 1, never all
+    again = holdout_indices(labels, 0.2, seed=3)
+    assert np.array_equal(again[0], kept) and np.array_equal(again[1], held)
+    assert not np.array_equal(holdout_indices(labels, 0.2, seed=4)[1], held)
+    _, most = holdout_indices(labels, 0.9, seed=3)  # a class of two keeps one image even at 0.9
+    assert list(np.bincount(labels[most], minlength=4)) == [18, 9, 1, 0]
+
+
+def test_balanced_subset_draws_from_the_pool_only():
+    labels = np.repeat(np.arange(3), 12)
+    kept, held = holdout_indices(labels, 0.25, seed=0)
+    subset = balanced_subset(labels, kept, 0.5, seed=0)
+    assert not set(subset) & set(held) and set(subset) <= set(kept)
+    assert list(np.bincount(labels[subset])) == [4, 4, 4]  # half of the 9 a class kept, rounded
+    assert np.array_equal(subset, np.sort(subset))
+    assert np.array_equal(balanced_subset(labels, kept, 0.5, seed=0), subset)
+
+
+def test_holdout_split_of_a_source_keeps_members_and_reports_bad_files_with_train(tmp_path, demo_root):
+    files = demo_files(demo_root)[:12]
+    write_shard(tmp_path / "s.tar", [(f"k{i}", f.read_bytes(), i % 3) for i, f in enumerate(files)]
+                + [("broken", b"not a jpeg", 0)])
+    src = webdataset(tmp_path / "s.tar")
+    train, val = holdout_split(src, 0.25, seed=1)
+    kept, held = holdout_indices(src.labels, 0.25, seed=1)
+    assert [r.path for r in val.records] == [src.records[i].path for i in held]
+    assert [r.path for r in train.records] == [src.records[i].path for i in kept]
+    assert val.members == [src.members[i] for i in held] and train.members == [src.members[i] for i in kept]
+    assert train.bad == src.bad and len(train.bad) == 1 and val.bad == []
+    assert val.read(0).tobytes() == src.read(int(held[0])).tobytes()

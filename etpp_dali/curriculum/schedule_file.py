@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import yaml
+
 __all__ = ["BASELINE_BUDGET", "DEFAULT_BUDGET", "MIN_BAND", "REFERENCE_RESOLUTION", "SPLITS", "ScheduleError",
            "StageSpec", "check_schedule", "parse_schedule", "read_schedule_file", "scale_band"]
 
@@ -89,8 +91,6 @@ def read_schedule_file(path: str | Path) -> Any:
         if is_json:
             data = json.loads(text)
         else:
-            import yaml  # a dependency of the package; kept local so the module stays light
-
             data = yaml.safe_load(text)
     except Exception as exc:  # the parsers raise many types; the message is what matters
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

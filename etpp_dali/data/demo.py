@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from etpp_dali.data.scan import DataError, cache_dir
 from etpp_dali.util.files import atomic_path
@@ -22,12 +23,12 @@ __all__ = ["DemoSpec", "demo_dataset", "write_demo_dataset"]
 class DemoSpec:
     """Parameters of the embedded demo set; equal specs give byte-identical files."""
 
-    classes: int = 10
+    classes: int = 10            # (layout, texture) pairs; see _demo_image
     train_per_class: int = 100
     val_per_class: int = 25
-    size: int = 72
-    seed: int = 0
-    quality: int = 90
+    size: int = 72               # pixels a side
+    seed: int = 0                # with the split and the class, seeds each class's generator
+    quality: int = 90            # JPEG quality
 
     def key(self) -> str:
         return (f"demo-c{self.classes}-t{self.train_per_class}-v{self.val_per_class}"
@@ -93,8 +94,6 @@ def write_demo_dataset(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     Deterministic: the same spec gives the same bytes. Written into a temporary folder and
     renamed, so an interrupted run never leaves a half set behind.
     """
-    from PIL import Image
-
     out = Path(out)
     if spec.classes < 2 or spec.train_per_class < 1 or spec.val_per_class < 0 or spec.size < 16:
         raise DataError("demo set: need --classes >= 2, --train-per-class >= 1, "

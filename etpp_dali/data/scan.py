@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
+
 from etpp_dali.util.files import write_text_atomic
 from etpp_dali.util.threads import map_threads, usable_cores
 
@@ -112,9 +115,6 @@ def inspect_image(source: str | Path | bytes, deep: bool = False) -> tuple[str, 
     (slow; catches damage in the middle of a JPEG). The error's text is what a user needs to fix
     the file.
     """
-    from PIL import Image, UnidentifiedImageError
-    from PIL.Image import DecompressionBombError
-
     if isinstance(source, (bytes, bytearray)):
         size = len(source)
         opener, tail = (lambda: io.BytesIO(source)), bytes(source[-4096:])
@@ -154,8 +154,6 @@ def inspect_image(source: str | Path | bytes, deep: bool = False) -> tuple[str, 
 
 def _decode_fully(opener, verify_only: bool) -> None:
     """PIL's checksum verification (PNG) or a full decode; a failure becomes ``DataError``."""
-    from PIL import Image
-
     try:
         with opener() as f, Image.open(f) as img:
             if verify_only:
