@@ -1,10 +1,10 @@
 """The search wing: ``etpp search``, the bands of a schedule found stage by stage.
 
-What is searched (:mod:`.space`), what a schedule may spend (:mod:`.budget`, measured on this
-machine for a wall-clock budget by :mod:`.wallclock`), the pure search over any
-``proxy(schedule) -> top1`` callable (:mod:`.sequential`), the proxy training on a seeded subset
-(:mod:`.proxy`), the files a search writes (:mod:`.report`) and the command put together
-(:mod:`.run`). The arrows run one way: space <- budget <- sequential; proxy <- wallclock <- run.
+In import order (each module imports only those before it): what is searched (:mod:`.space`),
+what a schedule may spend (:mod:`.budget`), the pure search over any ``proxy(schedule) -> top1``
+callable (:mod:`.sequential`), the proxy training on a seeded subset (:mod:`.proxy`), the files a
+search writes (:mod:`.report`), the wall-clock budget measured on this machine
+(:mod:`.wallclock`) and the command put together (:mod:`.run`).
 """
 
 from etpp_dali.util.lazy import lazy_exports

@@ -40,6 +40,8 @@ _TOLERANCE_EPS = 1e-9  # a drop of exactly the tolerance passes despite float ro
 
 @dataclass
 class SearchResult:
+    """The chosen bands, their schedule and every trial on the way, in order."""
+
     bands: tuple[int, ...]
     schedule: Curriculum
     trials: list[Trial] = field(default_factory=list)
