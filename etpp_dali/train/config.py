@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from etpp_dali.curriculum.batching import AUTO, BatchError, global_batch_size, resolve_stage_batches
 from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
 
@@ -129,7 +131,8 @@ class TrainConfig:
             if value is not None and (not _is_int(value) or value < 1):
                 raise RecipeError(f"{flag} {value!r} must be an integer >= 1")
         if self.stage_batch is not None and self.stage_batch != AUTO and not isinstance(self.stage_batch, list):
-            raise RecipeError(f"--stage-batch {self.stage_batch!r}: use auto or a list of per-device batches, one a stage")
+            raise RecipeError(f"--stage-batch {self.stage_batch!r}: use auto or a list of per-device batches, "
+                              "one a stage")
         self._validate_echo()
         if not 0.0 <= self.reprob <= 1.0:
             raise RecipeError(f"reprob = {self.reprob} must be between 0 and 1 (the chance a sample is erased)")
@@ -150,8 +153,8 @@ class TrainConfig:
         if echo is not None and echo not in _ECHO_POLICIES and (not _is_int(echo) or echo < 1):
             raise RecipeError(f"--echo {echo!r} is invalid; use auto, off or a whole factor N >= 1")
         if self.echo_kind == "tensor" and echo not in (None, "off"):
-            raise RecipeError(f"--echo {echo} sets the factor of echo_kind augment, but echo_kind tensor replays at the "
-                              "schedule's factors: drop one of the two")
+            raise RecipeError(f"--echo {echo} sets the factor of echo_kind augment, but echo_kind tensor replays at "
+                              "the schedule's factors: drop one of the two")
         if not _is_int(self.echo_max) or self.echo_max < 1:
             raise RecipeError(f"echo_max = {self.echo_max!r} must be an integer >= 1")
         if self.echo_buffer_mb is not None and not self.echo_buffer_mb > 0:
@@ -195,8 +198,6 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def _read_yaml_mapping(path: Path) -> Mapping[str, Any]:
-    import yaml  # a dependency of the package; imported here so the CLI starts fast
-
     if not path.is_file():
         raise RecipeError(f"--recipe {path}: no such file; see pipelines/ for the recipes")
     try:

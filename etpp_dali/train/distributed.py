@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from etpp_dali.train.config import RecipeError
+from etpp_dali.util.devices import resolve_device
 from etpp_dali.util.threads import usable_cores
 
 __all__ = ["agree_any", "broadcast_from_rank0", "cuda_index_for_rank", "init_from_env", "is_distributed", "is_rank0",
@@ -37,8 +38,6 @@ def world_size() -> int:
 
 def train_device(name: str, amp: str) -> torch.device:
     """The device of this process for ``--device name`` (each rank its own GPU under DDP)."""
-    from etpp_dali.util.devices import resolve_device
-
     try:
         device = torch.device(resolve_device(name))
     except (ValueError, RuntimeError) as exc:
