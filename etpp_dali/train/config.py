@@ -1,22 +1,19 @@
-"""A run's settings: :class:`TrainConfig`, the recipe files that fill it, and their checks.
+"""A run's settings: :class:`TrainConfig` and its checks.
 
-A recipe (``pipelines/*.yaml``) sets TrainConfig keys; command-line flags override them. This
-module imports neither torch nor DALI, so recipes can be read and checked anywhere.
+A recipe (``pipelines/*.yaml``, read by :mod:`etpp_dali.train.recipes`) sets TrainConfig keys;
+command-line flags override them. This module imports neither torch nor DALI, so settings can be
+read and checked anywhere.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
-
-import yaml
+from typing import Any
 
 from etpp_dali.curriculum.batching import AUTO, BatchError, global_batch_size, resolve_stage_batches
 from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
 
-__all__ = ["DROP_PATH_REFERENCE_BUDGET", "ECHO_KINDS", "RecipeError", "TrainConfig", "load_recipe"]
+__all__ = ["DROP_PATH_REFERENCE_BUDGET", "ECHO_KINDS", "RecipeError", "TrainConfig"]
 
 # The reference recipes give drop-path at E = 200 and scale it by E / 200 with the budget of
 # their curricula (the etpp and et presets); a baseline or a schedule file keeps the rate given.
@@ -168,54 +165,3 @@ class TrainConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-_SCHEDULE_KEYS = {"preset", "family", "budget", "resolution", "replay", "baseline_budget"}
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file into TrainConfig keys, rejecting unknown keys.
-
-    A ``schedule:`` section may hold preset/family/budget/resolution/replay/baseline_budget, or a
-    whole inline schedule (``stages:``), which is then read from the recipe as a schedule file.
-    """
-    path = Path(path)
-    data = _read_yaml_mapping(path)
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "schedule":
-            out.update(_schedule_section(path, value))
-        elif key == "echo" and value is False:
-            out[key] = "off"  # YAML reads a bare `off` as false
-        elif key in _FIELDS:
-            out[key] = value
-        else:
-            raise RecipeError(f"{path}: unknown key {key!r}; known keys are the TrainConfig fields "
-                              f"(e.g. model, batch_size, lr, schedule)")
-    out.setdefault("name", path.stem)
-    return out
-
-
-def _read_yaml_mapping(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise RecipeError(f"--recipe {path}: no such file; see pipelines/ for the recipes")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"{path}: the top level must be a mapping of settings")
-    return data
-
-
-def _schedule_section(path: Path, section: Any) -> dict[str, Any]:
-    """TrainConfig keys from a recipe's ``schedule:`` section."""
-    if not isinstance(section, Mapping):
-        raise RecipeError(f"{path}: schedule must be a mapping")
-    if "stages" in section:
-        return {"preset": str(path)}  # Curriculum.from_file reads the recipe's schedule section
-    for key in section:
-        if key not in _SCHEDULE_KEYS:
-            raise RecipeError(f"{path}: unknown key schedule.{key!r}; known: {', '.join(sorted(_SCHEDULE_KEYS))}")
-    return dict(section)

@@ -54,6 +54,7 @@ from etpp_dali.train.config import RecipeError, TrainConfig
 from etpp_dali.train.data import open_train_data
 from etpp_dali.train.distributed import (
     agree_any,
+    init_from_env,
     is_distributed,
     is_rank0,
     threads_per_process,
@@ -68,7 +69,7 @@ from etpp_dali.train.summary import summarize
 from etpp_dali.util.files import write_text_atomic
 from etpp_dali.util.plots import plot_training
 
-__all__ = ["SYNC_EVERY", "Trainer", "train"]
+__all__ = ["SYNC_EVERY", "Trainer", "start_run", "train"]
 
 # Steps between reads of values kept on the device (the progress bar's loss, the ranks' stop
 # vote): each read makes the host wait for the GPU, which then runs dry until the host queues more.
@@ -297,3 +298,15 @@ def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict[str, Any]:
             plot_training(trainer.history, out / "curves.png",
                           title=f"{cfg.model}, {trainer.curriculum.name}, E = {trainer.curriculum.budget:g}")
     return summary
+
+
+def start_run(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """What ``etpp train`` runs once its settings are merged: refuse to write over the run in
+    ``cfg.output`` unless ``resume`` continues it, join the process group torchrun describes
+    (if any), and :func:`train` to the end."""
+    out = Path(cfg.output)
+    if not resume and (out / "last.pt").exists():
+        raise RecipeError(f"--output {out} holds a run already; pass --resume to continue it or choose another "
+                          "--output")
+    init_from_env()
+    return train(cfg, resume=str(out) if resume else None)
