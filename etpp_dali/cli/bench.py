@@ -65,7 +65,7 @@ def bench_crop_cmd(data_dir: str, bands: str, resolution: int, batch_size: int, 
     try:
         scan = scan_dataset(data_dir)
     except DataError as exc:
-        fail(str(exc))
+        fail(f"--data: {exc}")
     files = [r.path for r in scan.train.records]
     rows = bench_crop_pipeline(files, bands=band_list, batch=batch_size, threads=threads, resolution=resolution,
                                rounds=rounds)
