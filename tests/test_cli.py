@@ -11,9 +11,8 @@ from etpp_dali import __version__
 from etpp_dali.cli import main
 from etpp_dali.cli.options import command_line
 from etpp_dali.cli.train import train as train_command
-from etpp_dali.train.config import RecipeError
+from etpp_dali.train.config import RecipeError, merge_recipe
 from etpp_dali.train.distributed import torchrun_command
-from etpp_dali.train.recipes import merge_recipe
 
 
 def run(*args):

@@ -16,8 +16,7 @@ import etpp_dali.train.trainer as trainer_module
 from etpp_dali.cli import main
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.train import checkpoint
-from etpp_dali.train.config import RecipeError, TrainConfig
-from etpp_dali.train.recipes import load_recipe
+from etpp_dali.train.config import RecipeError, TrainConfig, load_recipe
 from etpp_dali.train.distributed import cuda_index_for_rank
 from etpp_dali.train.evaluation import eval_counts
 from etpp_dali.train.models import adapt_model_to_band, build_model, check_model_takes_bands, create_model

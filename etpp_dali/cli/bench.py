@@ -146,8 +146,7 @@ def bench_train_cmd(recipe: str, val_every: int, output: str, json_path: str | N
     """ET++ against the baseline with the same trainer, seed and evaluation schedule: top-1 against
     training wall-clock, the speed-ups, and per stage the images/sec and the loader's share."""
     from etpp_dali.bench.train import bench_train
-    from etpp_dali.train.config import RecipeError
-    from etpp_dali.train.recipes import merge_recipe
+    from etpp_dali.train.config import RecipeError, merge_recipe
     from etpp_dali.util.plots import plot_curves
 
     if flags["data"] is not None and not Path(flags["data"]).is_dir():

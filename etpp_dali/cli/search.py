@@ -55,8 +55,7 @@ def search(ctx: click.Context, recipe: str | None, budget: float | None, wall_cl
     from etpp_dali.curriculum.schedule import ScheduleError
     from etpp_dali.search.core import SearchError, SearchSpace, run_search
     from etpp_dali.search.proxy import SearchInterrupted
-    from etpp_dali.train.config import RecipeError
-    from etpp_dali.train.recipes import merge_recipe
+    from etpp_dali.train.config import RecipeError, merge_recipe
 
     bands = int_list(candidates, "--candidates") if candidates else None
     try:

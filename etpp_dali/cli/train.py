@@ -1,4 +1,4 @@
-"""``etpp train``: the flags over a recipe (:func:`etpp_dali.train.recipes.merge_recipe`), then one
+"""``etpp train``: the flags over a recipe (:func:`etpp_dali.train.config.merge_recipe`), then one
 run (:func:`etpp_dali.train.trainer.start_run`), relaunched under torchrun for ``--nproc N``."""
 
 from __future__ import annotations
@@ -61,9 +61,11 @@ __all__ = ["print_summary", "train"]
 def train(ctx: click.Context, recipe: str | None, resume: bool, nproc: int | None, no_progress: bool,
           stage_batch: str | None, echo: str | None, **flags: Any) -> None:
     """Train a timm model with the EfficientTrain++ curriculum (the demo when given nothing)."""
-    from etpp_dali.train.config import RecipeError  # torch, timm and DALI load only once a run starts
+    from etpp_dali.train.config import (
+        RecipeError,  # torch, timm and DALI load only once a run starts
+        merge_recipe,
+    )
     from etpp_dali.train.distributed import needs_launch, run_under_torchrun
-    from etpp_dali.train.recipes import merge_recipe
     from etpp_dali.train.trainer import start_run
 
     child_args = command_line(ctx.params, ctx.command, [p.name for p in ctx.command.params if p.name != "nproc"])
