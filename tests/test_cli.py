@@ -1,4 +1,5 @@
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -244,3 +245,13 @@ def test_command_line_writes_back_the_options_given_in_the_order_asked():
     params = train_command.make_context("train", args).params
     assert command_line(params, train_command) == ["--model", "resnet18", "--lr", "0.002", "--ema", "--seed", "0"]
     assert command_line(params, train_command, ["seed", "model", "data"]) == ["--seed", "0", "--model", "resnet18"]
+
+
+def test_the_cli_and_etpp_schedule_import_neither_torch_nor_dali():
+    code = ("import sys; from click.testing import CliRunner; from etpp_dali.cli import main; "
+            "res = CliRunner().invoke(main, ['schedule', '--batch-size', '64', '--stage-batch', 'auto']); "
+            "assert res.exit_code == 0, res.output; "
+            "bad = [m for m in ('torch', 'nvidia.dali', 'timm') if m in sys.modules]; "
+            "sys.exit(f'imports {bad}' if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
