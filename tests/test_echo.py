@@ -113,11 +113,36 @@ def test_erasing_hits_about_reprob_of_the_samples_reproducibly(unique_list):
     assert any(0 < sum(h) < 4 for h in per_image)  # the uses of one image are erased independently
 
 
-def test_dali_iterator_and_bad_settings(unique_list):
+def test_a_dali_style_loop_over_an_echo_loader_yields_the_loaders_own_batches(unique_list):
+    """DALI's loop (one dict per pipeline, keyed by output_map, N x 1 labels, StopIteration then
+    reset()) over the last single-graph epoch and the echo epoch after it: the loader's batches."""
     from etpp_dali.loader.dali_iterator import DALIStyleIterator
 
     cur = echo_schedule()
-    assert isinstance(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu").dali_iterator(), DALIStyleIterator)
+    echo_epoch = cur.stages[1].start_epoch
+    assert echo_epoch + 1 == cur.total_epochs  # epochs 0-3 single graph, 4 echoes (the last)
+    direct = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=4)
+    expected = {e: stage_batches(direct, e) for e in (echo_epoch - 1, echo_epoch)}
+    it = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=4).dali_iterator(["images", "targets"])
+    assert isinstance(it, DALIStyleIterator)
+    it.set_epoch(echo_epoch - 1)
+    for epoch, band, steps in ((echo_epoch - 1, 16, 5), (echo_epoch, 24, 20)):
+        assert it.epoch == epoch and len(it) == steps and it.size == steps * 8
+        got = [data for data in it]
+        assert len(got) == len(expected[epoch]) == steps
+        for data, (x, y) in zip(got, expected[epoch]):
+            assert isinstance(data, list) and len(data) == 1 and sorted(data[0]) == ["images", "targets"]
+            images, labels = data[0]["images"], data[0]["targets"]
+            assert images.shape == (8, 3, band, band) and labels.shape == (8, 1)
+            assert torch.equal(images, x) and torch.equal(labels.squeeze(1), y)
+        with pytest.raises(StopIteration):
+            next(it)
+        it.reset()  # to the next epoch of the schedule; after the last, the iterator is finished
+    assert it.epoch == echo_epoch and list(it) == []
+
+
+def test_echo_bad_settings_say_which(unique_list):
+    cur = echo_schedule()
     with pytest.raises(ValueError, match="echo = 0"):
         CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo=0)
     with pytest.raises(ValueError, match="echo_max = 1.5"):
