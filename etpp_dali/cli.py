@@ -419,7 +419,8 @@ def bench() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_op_cmd(device, backends, bands, input_size, batch_size, layout, dtype, threads, json_path):
     """The Fourier crop alone: images/sec per backend and band (and against a copy on CUDA)."""
-    from etpp_dali.bench.record import bench_op, markdown_table
+    from etpp_dali.bench.crop import bench_op
+    from etpp_dali.bench.record import markdown_table
 
     backend_list = [b.strip() for b in backends.split(",") if b.strip()]
     for b in backend_list:
@@ -445,7 +446,8 @@ def bench_op_cmd(device, backends, bands, input_size, batch_size, layout, dtype,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_crop_cmd(data_dir, bands, resolution, batch_size, threads, rounds, json_path):
     """Decode, random crop, flip, then the exact crop vs the resize to B, in one DALI CPU run."""
-    from etpp_dali.bench.record import bench_crop_pipeline, markdown_table
+    from etpp_dali.bench.crop import bench_crop_pipeline
+    from etpp_dali.bench.record import markdown_table
     from etpp_dali.data.scan import DataError, scan_dataset
 
     try:

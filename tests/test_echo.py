@@ -3,6 +3,9 @@ import pytest
 import torch
 
 from etpp_dali import Curriculum, StageSpec
+from etpp_dali.loader.dali_iterator import DALIStyleIterator
+from etpp_dali.loader.echo import auto as echo_auto
+from etpp_dali.loader.echo.auto import choose_echo, predicted_wait
 from etpp_dali.loader.echo.schedule import echo_uses, echo_window, parse_echo
 from etpp_dali.loader.loaders import CurriculumLoader
 
@@ -116,8 +119,6 @@ def test_erasing_hits_about_reprob_of_the_samples_reproducibly(unique_list):
 def test_a_dali_style_loop_over_an_echo_loader_yields_the_loaders_own_batches(unique_list):
     """DALI's loop (one dict per pipeline, keyed by output_map, N x 1 labels, StopIteration then
     reset()) over the last single-graph epoch and the echo epoch after it: the loader's batches."""
-    from etpp_dali.loader.dali_iterator import DALIStyleIterator
-
     cur = echo_schedule()
     echo_epoch = cur.stages[1].start_epoch
     assert echo_epoch + 1 == cur.total_epochs  # epochs 0-3 single graph, 4 echoes (the last)
@@ -154,8 +155,6 @@ def test_echo_bad_settings_say_which(unique_list):
 
 # ---------------------------------------------------------------------------------- echo="auto"
 def test_chooser_picks_the_smallest_factor_that_keeps_the_wait_under_5_percent():
-    from etpp_dali.loader.echo.auto import choose_echo, predicted_wait
-
     assert choose_echo(0.01, 1.0, 1, 4) == 1            # waited 1%: keeps r
     assert choose_echo(1.0, 1.0, 1, 4) == 2             # single graph, loader 2 s/step against 1 s away
     assert choose_echo(2.0, 1.0, 1, 4) == 3             # 3 s/step: r = 2 still waits 33%
@@ -170,8 +169,6 @@ def test_chooser_picks_the_smallest_factor_that_keeps_the_wait_under_5_percent()
 
 def fixed_chooser(monkeypatch, factor):
     """choose_echo replaced by one that always picks ``factor`` (no timing in the test's outcome)."""
-    from etpp_dali.loader.echo import auto as echo_auto
-
     monkeypatch.setattr(echo_auto, "choose_echo", lambda *args, **kwargs: factor)
 
 

@@ -1,13 +1,25 @@
+import dataclasses
+import gc
+import io
+import tarfile
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
 from etpp_dali import Curriculum, StageSpec
-from etpp_dali.data.scan import DataError
+from etpp_dali.data.scan import DataError, ImageRecord
+from etpp_dali.data.sources import image_folder
+from etpp_dali.loader.graphs import define_train_pipeline
 from etpp_dali.loader.loaders import CurriculumLoader, ValidationLoader
 from etpp_dali.loader.settings import LoaderSettings
+from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
+from etpp_dali.util.devices import resolve_device
 
 pytest.importorskip("nvidia.dali")
 
@@ -104,8 +116,6 @@ def test_a_bad_setting_fails_at_once_in_one_line_naming_it(name, value, message)
 
 
 def test_the_two_forms_do_not_mix_and_settings_are_frozen(demo_root):
-    import dataclasses
-
     cur = small_schedule()
     settings = LoaderSettings(batch_size=8, device="cpu", echo_max="3")
     assert settings.echo_max == 3  # normalised once
@@ -258,8 +268,6 @@ def test_gpu_loader_follows_schedule(demo_root):
 
 
 def damaged_png(tmp_path) -> Path:
-    from PIL import Image
-
     path = tmp_path / "damaged.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
     data = bytearray(path.read_bytes())
@@ -271,9 +279,6 @@ def damaged_png(tmp_path) -> Path:
 def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp_path, capfd):
     """A damaged file that slipped past the up-front check (here: added to the source by hand)
     is reported once, left out, and training and validation go on."""
-    from etpp_dali.data.scan import ImageRecord
-    from etpp_dali.data.sources import image_folder
-
     bad = damaged_png(tmp_path)
     src = image_folder(demo_root / "train")
     src.records.insert(10, ImageRecord(str(bad), 0, 50, 40, "PNG"))
@@ -290,9 +295,6 @@ def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp
 
 
 def test_loader_reads_webdataset_shards_and_file_lists(demo_root, tmp_path, unique_list):
-    import io
-    import tarfile
-
     files = sorted((demo_root / "train").rglob("*.jpg"))[:32]
     shard = tmp_path / "shard-000.tar"
     with tarfile.open(shard, "w") as tar:
@@ -315,8 +317,6 @@ def odd_sized_val(tmp_path):
     """Validation images (blocky noise, lossless) of sizes where DALI's own rules differ from
     torchvision's at R = 64: a longer side that DALI's resize_shorter would round up, crop offsets
     it would round half up. Returns the root and the images as C x H x W uint8 tensors."""
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     folder = tmp_path / "val" / "a"
     folder.mkdir(parents=True)
@@ -329,8 +329,6 @@ def odd_sized_val(tmp_path):
 
 
 def unnormalised(x: torch.Tensor) -> torch.Tensor:
-    from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
-
     std, mean = torch.tensor(IMAGENET_STD_255).view(3, 1, 1), torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1)
     return x.float().cpu() * std + mean
 
@@ -338,9 +336,6 @@ def unnormalised(x: torch.Tensor) -> torch.Tensor:
 def test_validation_takes_torchvisions_pixels(odd_sized_val):
     """timm's evaluation transform to the pixel: torchvision's Resize(floor(R / 0.875), bicubic,
     antialias) and CenterCrop(R)."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
     root, images = odd_sized_val
     (x, _), = list(ValidationLoader(root, 64, 5, device="cpu"))
     for got, image in zip(unnormalised(x), images):
@@ -362,9 +357,6 @@ def test_validation_cpu_and_gpu_take_the_same_pixels(odd_sized_val):
 
 
 def test_device_id_selects_the_gpu(demo_root, monkeypatch):
-    from etpp_dali.loader.graphs import define_train_pipeline
-    from etpp_dali.util.devices import resolve_device
-
     with pytest.raises(ValueError, match="device_id = 0 selects a GPU, but device = 'cpu'"):
         resolve_device("cpu", 0)
     with pytest.raises(ValueError, match="'tpu' is unknown"):
@@ -392,9 +384,6 @@ def test_device_id_selects_the_gpu(demo_root, monkeypatch):
 def test_a_dropped_loader_frees_its_pipeline_at_once(demo_root):
     """No reference cycle through the pipeline: the garbage collector, run wherever the program
     happens to be (inside a thread pool's lock, say), never has a pipeline to shut down."""
-    import gc
-    import weakref
-
     def make(kind):
         if kind == "train":
             loader = CurriculumLoader(demo_root, small_schedule(), 16, device="cpu")

@@ -2,8 +2,26 @@ import numpy as np
 import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
-from etpp_dali.loader.graphs import PipelineConfig, centre_crop_geometry, sample_crop_windows, val_resize_size
+from etpp_dali.data.sources import open_source
+from etpp_dali.loader import graphs as pipeline
+from etpp_dali.loader.graphs import (
+    TRAIN_OUTPUTS,
+    TRAIN_STAGES,
+    PipelineConfig,
+    TrainBatch,
+    centre_crop_geometry,
+    define_train_pipeline,
+    make_train_batch,
+    make_val_batch,
+    sample_crop_windows,
+    val_resize_size,
+)
+from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255, resize_hwc
+from etpp_dali.ops.fourier import fourier_crop
+from etpp_dali.ops.randaugment import apply_colour_ops_pil
 
 
 def test_crop_windows_fit_and_follow_torchvision_statistics():
@@ -51,9 +69,6 @@ def test_config_validation_and_val_size():
 
 def test_val_geometry_is_torchvisions_resize_and_centre_crop():
     """The resized size and the crop's place, against torchvision's own Resize(int) and CenterCrop."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
     rng = np.random.default_rng(0)
     sizes = np.concatenate([rng.integers(40, 600, (60, 2)), [[375, 500], [500, 375], [74, 93], [93, 74], [80, 80]]])
     for resolution in (64, 224):
@@ -71,8 +86,6 @@ def test_val_geometry_is_torchvisions_resize_and_centre_crop():
 
 
 def test_named_feed_and_outputs():
-    from etpp_dali.loader.graphs import TRAIN_OUTPUTS, TrainBatch, make_train_batch, make_val_batch
-
     cfg = PipelineConfig(resolution=32, batch_size=2)
     encoded = [np.zeros(4, np.uint8)] * 2
     batch = make_train_batch(encoded, np.array([3, 4]), np.array([[40, 50], [60, 30]]), band=16, magnitude=9.0,
@@ -103,8 +116,6 @@ def test_gpu_graphs_are_defined_without_a_gpu(kind, options, monkeypatch):
     argument names, an input on the wrong device (a CPU operator on GPU data, a missing .gpu()),
     an argument input off the CPU; building the Python graph then checks every operator's
     arguments against its schema. The image output must come out on the GPU."""
-    from etpp_dali.loader import graphs as pipeline
-
     named = {}
     graph = getattr(pipeline, f"_{kind}_graph")
 
@@ -126,8 +137,6 @@ def test_gpu_graphs_are_defined_without_a_gpu(kind, options, monkeypatch):
 def _cut_outputs(cfg, values, stop_after):
     """Per sample, the images of one run of the training graph cut after ``stop_after`` (None:
     whole), fed ``values`` (the same draws every run)."""
-    from etpp_dali.loader.graphs import define_train_pipeline
-
     pipe = define_train_pipeline(cfg, lambda: values, stop_after=stop_after)
     pipe.build()
     images, labels, _ = pipe.run()
@@ -137,12 +146,6 @@ def _cut_outputs(cfg, values, stop_after):
 def test_a_cut_graph_outputs_the_full_graphs_intermediate_at_the_same_draws(demo_root):
     """Each stage's output, from the graph cut there, is what the next stage turns into the next
     one's: so the cut graphs compute the full graph's own intermediates (not a copy's)."""
-    from etpp_dali.data.sources import open_source
-    from etpp_dali.loader.graphs import TRAIN_STAGES, make_train_batch
-    from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255, resize_hwc
-    from etpp_dali.ops.fourier import fourier_crop
-    from etpp_dali.ops.randaugment import apply_colour_ops_pil
-
     source = open_source(demo_root, "train")
     cfg = PipelineConfig(resolution=32, batch_size=8, num_threads=1)
     idx = np.arange(0, 80, 10)
@@ -168,8 +171,6 @@ def test_a_cut_graph_outputs_the_full_graphs_intermediate_at_the_same_draws(demo
 
 
 def test_stop_after_names_a_stage():
-    from etpp_dali.loader.graphs import TRAIN_STAGES, define_train_pipeline
-
     assert TRAIN_STAGES == ("decode", "resize", "warp", "colour", "crop")
     with pytest.raises(ValueError, match="stop_after = 'augment' is unknown; use one of decode, resize"):
         define_train_pipeline(PipelineConfig(resolution=32, batch_size=2), lambda: None, stop_after="augment")

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
+from etpp_dali.curriculum.schedule import Curriculum, ScheduleError, Stage
 from etpp_dali.loader.dali_iterator import DALIStyleIterator
 from etpp_dali.loader.echo.auto import AutoEcho
 from etpp_dali.loader.echo.replay import ReplayBuffer
@@ -67,7 +67,7 @@ _ERASING_STREAM = 0xE7A5E  # keeps the erasing draws apart from the pipeline's p
 
 def _check_resumable(state: dict[str, Any], fingerprint: str, current: dict[str, Any]) -> None:
     """Raise unless a loader state was saved with the schedule of ``fingerprint`` and ``current``
-    settings (a state from before echo had a setting says nothing of it: it passes)."""
+    settings (a state saved before loaders had an echo setting passes on that one)."""
     if state.get("version") != _STATE_VERSION:
         raise ValueError(f"loader state version {state.get('version')!r} is not {_STATE_VERSION}")
     if state["schedule"] != fingerprint:
@@ -126,7 +126,7 @@ class CurriculumLoader:
 
     # ------------------------------------------------------------------------- schedule
     @property
-    def stage(self):
+    def stage(self) -> Stage:
         """The :class:`~etpp_dali.curriculum.schedule.Stage` of the current epoch."""
         return self.curriculum.stage_at(min(self.epoch, self.curriculum.total_epochs - 1))
 
