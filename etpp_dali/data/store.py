@@ -1,0 +1,98 @@
+"""Where indexes live, and how a process gets a fresh one: map the one on disk, or build it once.
+
+:func:`load_index` maps the index when it is whole and fresh (the caller's ``check`` says so).
+Otherwise it takes the index's lock (:mod:`etpp_dali.data.lock`): the first process to get it
+scans (reusing what the old index knows of unchanged files) and writes the new index atomically;
+the others wait on the lock, then find the new index fresh and map it. So on a node, and across
+nodes where the cache folder is shared, one process reads the data set's files. A damaged index
+is said so and rebuilt; an index that went stale under a process is said so and rescanned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from etpp_dali.data.index import DamagedIndex, MappedIndex, read_index, write_index
+from etpp_dali.data.lock import index_lock
+
+__all__ = ["INDEX_VERSION", "Recheck", "cache_dir", "index_path", "load_index"]
+
+INDEX_VERSION = 3
+Build = Callable[[MappedIndex | None], tuple[dict[str, Any], dict[str, np.ndarray]]]
+
+
+class Recheck(str):
+    """A reason to rescan that is not a change seen (a folder's timestamp too close to the last
+    scan to tell): the rescan goes on without a word."""
+
+
+def cache_dir() -> Path:
+    """Where the project caches indexes and the demo set (``ETPP_CACHE`` overrides)."""
+    root = os.environ.get("ETPP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "etpp-dali")
+    return Path(root)
+
+
+def index_path(kind: str, *key: str) -> Path:
+    """The index file of a source: its kind and what identifies it (resolved paths, classes)."""
+    digest = hashlib.sha256("\0".join(key).encode(errors="surrogateescape")).hexdigest()[:24]
+    return cache_dir() / "index" / f"{kind}-{digest}.idx"
+
+
+def load_index(path: Path, what: str, check: Callable[[MappedIndex], str | None], build: Build, *,
+               use_cache: bool = True) -> MappedIndex:
+    """A fresh index of ``what`` at ``path``: mapped when ``check`` (the reason it is stale, or
+    ``None``) passes it, else built by ``build(old index or None)`` under the lock and written.
+    ``use_cache=False`` builds in memory and neither reads nor writes a file."""
+    if not use_cache:
+        return _in_memory(build(None))
+    old = _read(path, what)
+    why = check(old) if old is not None else None
+    if old is not None and why is None:
+        return old
+    built = None
+    try:
+        with index_lock(path.with_name(path.name + ".lock"), what):
+            if _replaced(path, old):  # another process rebuilt it while this one waited
+                old = _read(path, what)
+                why = check(old) if old is not None else None
+                if old is not None and why is None:
+                    return old
+            if old is not None and not isinstance(why, Recheck):
+                print(f"etpp: {what}: index out of date ({why}); rescanning what changed", file=sys.stderr)
+            built = build(old)
+            write_index(path, *built)
+    except OSError as exc:  # a cache folder that cannot be written: this process keeps its own index
+        print(f"etpp: {path.parent}: cannot write the index ({exc.strerror or exc}); indexing {what} in memory",
+              file=sys.stderr)
+        return _in_memory(built if built is not None else build(old))
+    return read_index(path, verify_data=False)
+
+
+def _in_memory(built: tuple[dict[str, Any], dict[str, np.ndarray]]) -> MappedIndex:
+    return MappedIndex(None, built[0], built[1], None)
+
+
+def _read(path: Path, what: str) -> MappedIndex | None:
+    try:
+        return read_index(path)
+    except FileNotFoundError:
+        return None
+    except (DamagedIndex, OSError) as exc:
+        print(f"etpp: {what}: index unusable ({exc}); rebuilding it", file=sys.stderr)
+        return None
+
+
+def _replaced(path: Path, old: MappedIndex | None) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return old is None or (st.st_ino, st.st_mtime_ns, st.st_size) != (old.stat.st_ino, old.stat.st_mtime_ns,
+                                                                      old.stat.st_size)
