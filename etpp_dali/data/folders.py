@@ -71,14 +71,14 @@ def _stale(idx: MappedIndex, root: Path, found: Sequence[str], level: int, verif
         if now != mtime or mtime >= racy:
             return f"folder {rel} changed" if now != mtime else Recheck(f"folder {rel} changed near the scan")
     prefixes = [_prefix(root, g[0]) for g in h["groups"]]
-    count = stale_entries(idx, prefixes, level, verify_files, progress)
-    return f"{count} file(s) changed or checked less deeply than asked" if count else None
+    return stale_entries(idx, prefixes, level, verify_files, progress)
 
 
 def stale_entries(idx: MappedIndex, prefixes: Sequence[str], level: int, every: bool,
-                  progress: Progress | None = None) -> int:
-    """How many entries of ``idx`` must be probed again: good files checked below ``level``, bad
-    files changed since (statted), and with ``every`` any file whose size or mtime changed."""
+                  progress: Progress | None = None) -> str | None:
+    """Why entries of ``idx`` must be probed again (``None``: none must): good files checked
+    below ``level``, bad files changed since (statted), and with ``every`` any file whose size or
+    mtime changed."""
     a = idx.arrays
     racy = idx.header["listed_ns"] - RACY_NS
     low = shallow(idx, level)
@@ -95,7 +95,9 @@ def stale_entries(idx: MappedIndex, prefixes: Sequence[str], level: int, every: 
         changed += not unchanged(idx, int(pos), st, 0, racy)
         if progress is not None and k % 65536 == 65535:
             progress(65536, len(watch))
-    return low + changed
+    if changed:
+        return f"{changed} file(s) changed"
+    return f"{low} file(s) checked less deeply than asked" if low else None
 
 
 def _build(root: Path, classes: list[str], found: list[str], old: MappedIndex | None, level: int,

@@ -61,8 +61,7 @@ def _stale(idx: MappedIndex, list_file: Path, level: int) -> str | None:
             return f"folder {folder} changed"
         if mtime >= racy:
             return Recheck(f"folder {folder} changed near the scan")
-    count = stale_entries(idx, [""] * len(h["groups"]), level, every=False)
-    return f"{count} file(s) changed or checked less deeply than asked" if count else None
+    return stale_entries(idx, [""] * len(h["groups"]), level, every=False)
 
 
 def _parse(list_file: Path, base: Path) -> tuple[list[str], list[int]]:

@@ -79,9 +79,9 @@ def _open_splits(root: Path, cfg: TrainConfig) -> tuple[Any, Any]:
     from etpp_dali.data.sources import open_source
 
     try:
-        train_src = open_source(root, "train")
+        train_src = open_source(root, "train", trust=cfg.trust_data)
         if (root / "val").is_dir():
-            return train_src, open_source(root, "val", classes=train_src.classes)
+            return train_src, open_source(root, "val", classes=train_src.classes, trust=cfg.trust_data)
         if cfg.val_split:
             return holdout_split(train_src, cfg.val_split, cfg.seed)
     except DataError as exc:
@@ -91,8 +91,6 @@ def _open_splits(root: Path, cfg: TrainConfig) -> tuple[Any, Any]:
 
 def holdout_split(source: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """A deterministic train/val split of one source (per class, at least one val image each)."""
-    from etpp_dali.data.sources import Source
-
     rng = np.random.default_rng([seed, 0xDA7A])
     labels = source.labels
     val_idx = []
@@ -102,11 +100,4 @@ def holdout_split(source: Any, fraction: float, seed: int) -> tuple[Any, Any]:
         val_idx += list(rng.choice(members, size=k, replace=False))
     val_set = set(int(i) for i in val_idx)
     keep = [i for i in range(len(source)) if i not in val_set]
-
-    def subset(idx: list[int]) -> Source:
-        members = None if source.members is None else [source.members[i] for i in idx]
-        return Source(source.name, source.classes, [source.records[i] for i in idx], [], members)
-
-    train = subset(keep)
-    train.bad = source.bad
-    return train, subset(sorted(val_set))
+    return source.subset(keep, source.bad), source.subset(sorted(val_set))
