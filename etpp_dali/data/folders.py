@@ -25,11 +25,10 @@ import numpy as np
 from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, known_names, reuse_unchanged, shallow, unchanged
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.parallel import probe_files
-from etpp_dali.data.store import INDEX_VERSION, Recheck, index_path, load_index
+from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns
 
-__all__ = ["RACY_NS", "Progress", "folder_index", "probe_todo", "stale_entries"]
+__all__ = ["Progress", "folder_index", "probe_todo", "stale_entries"]
 
-RACY_NS = 2_000_000_000  # changes this close to a scan may share a timestamp with what it saw
 _PROBE_BATCH = 1 << 16
 Progress = Callable[[int, int], None]  # (files just done, files to do in all)
 
@@ -110,9 +109,11 @@ def _build(root: Path, classes: list[str], found: list[str], old: MappedIndex | 
         if cls in index:  # a val-only class: reported by scan_dataset
             walk.visit(cls, index[cls])
     probe_todo(walk.chunks, [_prefix(root, g[0]) for g in walk.groups], level, reasons, progress)
+    arrays = assemble(walk.chunks, list(FIELDS))
     header = {"version": INDEX_VERSION, "kind": "folder", "root": str(root), "found": found, "classes": classes,
-              "listed_ns": listed_ns, "reasons": reasons.texts, "groups": walk.groups, "fields": list(FIELDS)}
-    return header, assemble(walk.chunks, list(FIELDS))
+              "listed_ns": listed_ns, "newest_ns": newest_ns(arrays["mtime"], [g[1] for g in walk.groups]),
+              "reasons": reasons.texts, "groups": walk.groups, "fields": list(FIELDS)}
+    return header, arrays
 
 
 def probe_todo(chunks: Sequence[Chunk], prefixes: Sequence[str], level: int, reasons: Reasons,

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, known_names, reuse_unchanged
-from etpp_dali.data.folders import RACY_NS, probe_todo, stale_entries
+from etpp_dali.data.folders import probe_todo, stale_entries
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.records import DataError
-from etpp_dali.data.store import INDEX_VERSION, Recheck, index_path, load_index
+from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns
 
 __all__ = ["list_index"]
 
@@ -92,9 +92,11 @@ def _build(list_file: Path, base: Path, old: MappedIndex | None, level: int) -> 
         _reuse(chunk, paths, old, reasons.remap(old.header["reasons"]), level)
     probe_todo([chunk], [""], level, reasons, None)
     reasons.texts = ["missing file" if t == _MISSING else t for t in reasons.texts]
+    arrays = assemble([chunk], list(FIELDS), group=group)
     header = {"version": INDEX_VERSION, "kind": "list", "list_stat": [st.st_size, st.st_mtime_ns],
-              "listed_ns": listed_ns, "reasons": reasons.texts, "groups": groups, "fields": list(FIELDS)}
-    return header, assemble([chunk], list(FIELDS), group=group)
+              "listed_ns": listed_ns, "newest_ns": newest_ns(arrays["mtime"], [g[1] for g in groups], st.st_mtime_ns),
+              "reasons": reasons.texts, "groups": groups, "fields": list(FIELDS)}
+    return header, arrays
 
 
 def _reuse(chunk: Chunk, paths: list[str], old: MappedIndex, reason_map: np.ndarray, level: int) -> None:

@@ -16,12 +16,11 @@ from typing import Sequence
 import numpy as np
 
 from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, shallow
-from etpp_dali.data.folders import RACY_NS
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.parallel import map_fastest
 from etpp_dali.data.probe import Probe, probe_range
 from etpp_dali.data.records import DataError
-from etpp_dali.data.store import INDEX_VERSION, Recheck, index_path, load_index
+from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns
 
 __all__ = ["shard_index", "IMAGE_EXTS"]
 
@@ -86,7 +85,8 @@ def _build(paths: Sequence[str], old: MappedIndex | None, level: int) -> tuple[d
         groups.append([size, mtime, start, start + len(chunk)])
         chunks.append(chunk)
     header = {"version": INDEX_VERSION, "kind": "tar", "paths": list(paths), "groups": groups,
-              "listed_ns": listed_ns, "reasons": reasons.texts, "fields": _FIELDS}
+              "listed_ns": listed_ns, "newest_ns": newest_ns([g[1] for g in groups]), "reasons": reasons.texts,
+              "fields": _FIELDS}
     return header, assemble(chunks, _FIELDS, extra_good=("offset", "size"))
 
 

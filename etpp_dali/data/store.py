@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,9 +22,14 @@ import numpy as np
 from etpp_dali.data.index import DamagedIndex, MappedIndex, read_index, write_index
 from etpp_dali.data.lock import index_lock
 
-__all__ = ["INDEX_VERSION", "Recheck", "cache_dir", "index_path", "load_index"]
+__all__ = ["INDEX_VERSION", "RACY_NS", "Recheck", "cache_dir", "index_path", "load_index", "newest_ns"]
 
 INDEX_VERSION = 3
+# A change this close to a scan may share a timestamp with what the scan saw (file systems stamp
+# with a coarse clock), so it could go unseen: an index is only written once its newest timestamp
+# is older than its scan by this much (the builder waits and rescans what was that new).
+RACY_NS = 500_000_000
+_SETTLE_ROUNDS = 3
 Build = Callable[[MappedIndex | None], tuple[dict[str, Any], dict[str, np.ndarray]]]
 
 
@@ -51,7 +57,7 @@ def load_index(path: Path, what: str, check: Callable[[MappedIndex], str | None]
     ``None``) passes it, else built by ``build(old index or None)`` under the lock and written.
     ``use_cache=False`` builds in memory and neither reads nor writes a file."""
     if not use_cache:
-        return _in_memory(build(None))
+        return _in_memory(_settled(build, None))
     old = _read(path, what)
     why = check(old) if old is not None else None
     if old is not None and why is None:
@@ -66,13 +72,32 @@ def load_index(path: Path, what: str, check: Callable[[MappedIndex], str | None]
                     return old
             if old is not None and not isinstance(why, Recheck):
                 print(f"etpp: {what}: index out of date ({why}); rescanning what changed", file=sys.stderr)
-            built = build(old)
+            built = _settled(build, old)
             write_index(path, *built)
     except OSError as exc:  # a cache folder that cannot be written: this process keeps its own index
         print(f"etpp: {path.parent}: cannot write the index ({exc.strerror or exc}); indexing {what} in memory",
               file=sys.stderr)
-        return _in_memory(built if built is not None else build(old))
+        return _in_memory(built if built is not None else _settled(build, old))
     return read_index(path, verify_data=False)
+
+
+def _settled(build: Build, old: MappedIndex | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``build(old)``, rebuilt (only what changed that recently is read again) after waiting out
+    :data:`RACY_NS` while its newest timestamp (``header["newest_ns"]``) is that close to its scan."""
+    built = build(old)
+    for _ in range(_SETTLE_ROUNDS):
+        header = built[0]
+        if header["newest_ns"] < header["listed_ns"] - RACY_NS:
+            break
+        wait = min(2 * RACY_NS, header["newest_ns"] + RACY_NS - time.time_ns())
+        time.sleep(max(0, wait) / 1e9)
+        built = build(_in_memory(built))
+    return built
+
+
+def newest_ns(*mtimes: Any) -> int:
+    """The newest of timestamps given as numbers and arrays (0 when there is none)."""
+    return max([int(np.max(m)) for m in mtimes if np.size(m)], default=0)
 
 
 def _in_memory(built: tuple[dict[str, Any], dict[str, np.ndarray]]) -> MappedIndex:
