@@ -152,7 +152,7 @@ def assemble(chunks: Sequence[Chunk], fields: Sequence[str], extra_good: Sequenc
         arrays[k] = np.concatenate([c.fields[k] for c in chunks] + [np.zeros(0, FIELDS.get(k, np.int64))])
     good = np.flatnonzero(arrays["code"] > 0)
     starts = np.concatenate([[0], arrays["name_end"][:-1]]).astype(np.int64)
-    arrays.update(good=good, labels=arrays["label"][good],
+    arrays.update(labels=arrays["label"][good],
                   sizes=np.stack([arrays["height"][good], arrays["width"][good]], axis=1).astype(np.int64),
                   formats=arrays["code"][good], good_name_start=starts[good], good_name_end=arrays["name_end"][good],
                   good_group=arrays["group"][good])

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["BadFile", "DataError", "FORMATS", "ImageRecord", "RecordTable", "format_code"]
+__all__ = ["BadFile", "DataError", "FORMATS", "ImageRecord", "MembersView", "RecordTable", "RecordsView", "format_code",
+           "pack_names"]
 
 # PIL format names of what DALI's decoders (nvImageCodec, CPU and GPU) take; a format's code is
 # its place in this tuple plus one (0: not decodable)
@@ -134,9 +135,8 @@ def pack_names(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.frombuffer(b"".join(encoded), dtype=np.uint8), ends - lengths, ends
 
 
-class RecordsView(Sequence[ImageRecord]):
-    """``source.records`` of earlier releases: a read-only sequence of :class:`ImageRecord`,
-    each made when asked for (iterating over millions of them is slow: use the table's arrays)."""
+class _TableView(Sequence[Any]):
+    """A read-only sequence of one item per image of a table, each made when asked for."""
 
     def __init__(self, table: RecordTable) -> None:
         self._table = table
@@ -146,28 +146,28 @@ class RecordsView(Sequence[ImageRecord]):
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            return [self._table.record(j) for j in range(*i.indices(len(self)))]
+            return [self._item(j) for j in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return self._table.record(int(i))
+        return self._item(int(i))
 
-    def __iter__(self) -> Iterator[ImageRecord]:
-        return (self._table.record(i) for i in range(len(self)))
+    def _item(self, i: int) -> Any:
+        raise NotImplementedError
 
 
-class MembersView(Sequence[tuple[str, int, int]]):
+class RecordsView(_TableView):
+    """``source.records`` of earlier releases: one :class:`ImageRecord` per image (iterating over
+    millions of them is slow: use the table's arrays)."""
+
+    def _item(self, i: int) -> ImageRecord:
+        return self._table.record(i)
+
+
+class MembersView(_TableView):
     """``source.members`` of earlier releases: (tar path, offset, size) of each tar member."""
 
-    def __init__(self, table: RecordTable) -> None:
-        self._table = table
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _item(self, i: int) -> tuple[str, int, int]:
         t = self._table
         return t.group_path(i), int(t.offsets[i]), int(t.nbytes[i])
