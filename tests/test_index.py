@@ -365,3 +365,34 @@ def test_scan_split_without_cache_writes_nothing(tmp_path, hymenoptera):
     scan = scan_split(root, use_cache=False)
     assert len(scan) == 11 and not (tmp_path / "cache").exists()
     assert open_source(root, use_cache=False).labels.tolist() == scan.table.labels.tolist()
+
+
+def test_plans_draw_the_same_batches_from_the_index_as_from_records(tmp_path, hymenoptera):
+    """The loader's plans see the same images, labels and sizes, so they make the same batches
+    as from the records of earlier releases (built here from a plain walk and Pillow)."""
+    import pickle
+
+    from etpp_dali.curriculum.schedule import Curriculum, StageSpec
+    from etpp_dali.loader.graphs import PipelineConfig
+    from etpp_dali.loader.plans import TrainPlan
+
+    root = make_tree(tmp_path / "t", hymenoptera)
+    src = image_folder(root)
+    records = []
+    for path, label in reference_walk(root, src.classes):
+        try:
+            with Image.open(path) as im:
+                records.append(ImageRecord(path, label, im.width, im.height, im.format))
+        except OSError:
+            continue  # the bad file
+    reference = Source(str(root), src.classes, records)
+    cur = Curriculum([StageSpec(16, 0.0, 0.5), StageSpec(32, 9.0, 0.5)], budget=2, resolution=32, split="epochs")
+    cfg = PipelineConfig(resolution=32, batch_size=4)
+    for source in (src, pickle.loads(pickle.dumps(src))):
+        plans = [TrainPlan(s, cur, 4, cfg, seed=3, shard_id=1, num_shards=2) for s in (source, reference)]
+        batches = [list(p.batches((0, 0))) for p in plans]
+        assert len(batches[0]) == len(batches[1]) > 2
+        for (pos_a, feed_a), (pos_b, feed_b) in zip(*batches):
+            assert pos_a == pos_b and len(feed_a) == len(feed_b)
+            for x, y in zip(feed_a, feed_b):
+                assert all(np.array_equal(u, v) for u, v in zip(x, y)) if isinstance(x, list) else np.array_equal(x, y)

@@ -75,7 +75,7 @@ class RecordTable:
 
     def name(self, i: int) -> str:
         """Image ``i``'s name inside its group (a path below its folder, a tar member key)."""
-        return os.fsdecode(self.names[self.name_start[i]:self.name_end[i]].tobytes())
+        return str(self.names[self.name_start.item(i):self.name_end.item(i)].tobytes(), "utf-8", "surrogateescape")
 
     def group_path(self, i: int) -> str:
         """The file image ``i`` lives in: its own path, or its tar shard's."""
@@ -83,7 +83,7 @@ class RecordTable:
 
     def path(self, i: int) -> str:
         """Image ``i``'s path (``shard:key`` for a tar member)."""
-        return self.prefixes[self.groups[i]] + self.name(i)
+        return self.prefixes[self.groups.item(i)] + self.name(i)
 
     def record(self, i: int) -> ImageRecord:
         height, width = (int(v) for v in self.sizes[i])

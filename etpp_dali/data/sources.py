@@ -49,6 +49,10 @@ class Source:
     def __len__(self) -> int:
         return len(self.table)
 
+    def __getstate__(self) -> dict:
+        """Pickled (for a worker process) with copies of the arrays, without the mapping."""
+        return dict(self.__dict__, index=None)
+
     @property
     def labels(self) -> np.ndarray:
         """(N,) int64 class indices (read-only)."""
