@@ -6,8 +6,9 @@ images keep the order, and thereby the indices, they always had.
 
 Freshness: a folder's mtime changes when a file in it is added, removed or renamed, so a stat per
 folder (a thousand for ImageNet-1K) tells whether the listing is the one indexed; a folder that
-changed is listed again, and only its new or changed files are probed. A folder changed so close
-to the scan that the change may share its timestamp is listed again too (coarse timestamps).
+changed is listed again, and only its new or changed files are probed. An index is written only
+once its folders and files are older than its scan by :data:`~etpp_dali.data.store.RACY_NS`
+(coarse timestamps: a later change must show as a new mtime); one that is not is rescanned.
 Contents changed in place (same name) show in a file's size and mtime: ``verify_files`` stats
 every file (``etpp check-data`` does; a training run relies on the listing and the decoder's
 run-time recovery). Bad files are statted on every open, so a fixed file comes back.
@@ -25,7 +26,7 @@ import numpy as np
 from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, known_names, reuse_unchanged, shallow, unchanged
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.parallel import probe_files
-from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns
+from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns, of_kind
 
 __all__ = ["Progress", "folder_index", "probe_todo", "stale_entries"]
 
@@ -40,13 +41,8 @@ def folder_index(root: Path, classes: Sequence[str], found: Sequence[str], *, le
     path = index_path("folder", str(root.resolve()), "\n".join(classes))
     return load_index(
         path, str(root), lambda idx: _stale(idx, root, found, level, verify_files, progress),
-        lambda old: _build(root, list(classes), list(found), _usable(old, found), level, verify_files, progress),
+        lambda old: _build(root, list(classes), list(found), of_kind(old, "folder"), level, verify_files, progress),
         use_cache=use_cache)
-
-
-def _usable(old: MappedIndex | None, found: Sequence[str]) -> MappedIndex | None:
-    ok = old is not None and old.header.get("version") == INDEX_VERSION and old.header.get("kind") == "folder"
-    return old if ok else None
 
 
 def _prefix(root: Path, rel: str) -> str:
@@ -57,7 +53,7 @@ def _stale(idx: MappedIndex, root: Path, found: Sequence[str], level: int, verif
            progress: Progress | None) -> str | None:
     """Why ``idx`` no longer describes ``root`` (``None``: it does)."""
     h = idx.header
-    if _usable(idx, found) is None:
+    if of_kind(idx, "folder") is None:
         return "written by another version"
     if h["found"] != list(found):
         return "class folders added or removed"

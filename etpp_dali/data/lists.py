@@ -19,7 +19,7 @@ from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, known_names
 from etpp_dali.data.folders import probe_todo, stale_entries
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.records import DataError
-from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns
+from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns, of_kind
 
 __all__ = ["list_index"]
 
@@ -31,12 +31,7 @@ def list_index(list_file: Path, base: Path, *, level: int, use_cache: bool) -> M
     least to ``level``."""
     path = index_path("list", str(list_file.resolve()), str(base.resolve()))
     return load_index(path, str(list_file), lambda idx: _stale(idx, list_file, level),
-                      lambda old: _build(list_file, base, _usable(old), level), use_cache=use_cache)
-
-
-def _usable(old: MappedIndex | None) -> MappedIndex | None:
-    ok = old is not None and old.header.get("version") == INDEX_VERSION and old.header.get("kind") == "list"
-    return old if ok else None
+                      lambda old: _build(list_file, base, of_kind(old, "list"), level), use_cache=use_cache)
 
 
 def _mtime(path: str | Path) -> int:
@@ -48,7 +43,7 @@ def _mtime(path: str | Path) -> int:
 
 def _stale(idx: MappedIndex, list_file: Path, level: int) -> str | None:
     h = idx.header
-    if _usable(idx) is None:
+    if of_kind(idx, "list") is None:
         return "written by another version"
     racy = h["listed_ns"] - RACY_NS
     st = os.stat(list_file)

@@ -20,7 +20,7 @@ from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.parallel import map_fastest
 from etpp_dali.data.probe import Probe, probe_range
 from etpp_dali.data.records import DataError
-from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns
+from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns, of_kind
 
 __all__ = ["shard_index", "IMAGE_EXTS"]
 
@@ -33,12 +33,7 @@ def shard_index(paths: Sequence[str], *, level: int, use_cache: bool) -> MappedI
     key = index_path("tar", *(os.path.realpath(p) for p in paths))
     what = paths[0] if len(paths) == 1 else f"{len(paths)} shards ({paths[0]}, ...)"
     return load_index(key, what, lambda idx: _stale(idx, paths, level),
-                      lambda old: _build(paths, _usable(old), level), use_cache=use_cache)
-
-
-def _usable(old: MappedIndex | None) -> MappedIndex | None:
-    ok = old is not None and old.header.get("version") == INDEX_VERSION and old.header.get("kind") == "tar"
-    return old if ok else None
+                      lambda old: _build(paths, of_kind(old, "tar"), level), use_cache=use_cache)
 
 
 def _stat(path: str) -> list[int]:
@@ -48,7 +43,7 @@ def _stat(path: str) -> list[int]:
 
 def _stale(idx: MappedIndex, paths: Sequence[str], level: int) -> str | None:
     h = idx.header
-    if _usable(idx) is None:
+    if of_kind(idx, "tar") is None:
         return "written by another version"
     if h["paths"] != list(paths):
         return "other shards"

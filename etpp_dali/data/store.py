@@ -22,7 +22,7 @@ import numpy as np
 from etpp_dali.data.index import DamagedIndex, MappedIndex, read_index, write_index
 from etpp_dali.data.lock import index_lock
 
-__all__ = ["INDEX_VERSION", "RACY_NS", "Recheck", "cache_dir", "index_path", "load_index", "newest_ns"]
+__all__ = ["INDEX_VERSION", "RACY_NS", "Recheck", "cache_dir", "index_path", "load_index", "newest_ns", "of_kind"]
 
 INDEX_VERSION = 3
 # A change this close to a scan may share a timestamp with what the scan saw (file systems stamp
@@ -36,6 +36,12 @@ Build = Callable[[MappedIndex | None], tuple[dict[str, Any], dict[str, np.ndarra
 class Recheck(str):
     """A reason to rescan that is not a change seen (a folder's timestamp too close to the last
     scan to tell): the rescan goes on without a word."""
+
+
+def of_kind(idx: MappedIndex | None, kind: str) -> MappedIndex | None:
+    """``idx`` when it is an index of ``kind`` written by this version, else ``None``."""
+    ok = idx is not None and idx.header.get("version") == INDEX_VERSION and idx.header.get("kind") == kind
+    return idx if ok else None
 
 
 def cache_dir() -> Path:
