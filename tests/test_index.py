@@ -396,3 +396,20 @@ def test_plans_draw_the_same_batches_from_the_index_as_from_records(tmp_path, hy
             assert pos_a == pos_b and len(feed_a) == len(feed_b)
             for x, y in zip(feed_a, feed_b):
                 assert all(np.array_equal(u, v) for u, v in zip(x, y)) if isinstance(x, list) else np.array_equal(x, y)
+
+
+def test_worker_processes_probe_as_one_process_does(tmp_path, hymenoptera, monkeypatch):
+    root = make_tree(tmp_path / "t", hymenoptera)
+    monkeypatch.setattr(parallel, "_MIN_FOR_PROCESSES", 1)
+    monkeypatch.setattr(parallel, "_BATCH", 3)
+    forks = []
+    real = parallel._in_processes
+    monkeypatch.setattr(parallel, "_in_processes", lambda *args: forks.append(args[2]) or real(*args))
+    scans = []
+    for workers in ("2", "1"):
+        monkeypatch.setenv("ETPP_SCAN_PROCESSES", workers)
+        scans.append(scan_split(root, use_cache=False))
+    forked, single = scans
+    assert forks == [2]
+    assert [r for r in forked.records] == [r for r in single.records] and len(forked) == 11
+    assert [str(b) for b in forked.bad] == [str(b) for b in single.bad] and len(forked.bad) == 1
