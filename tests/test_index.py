@@ -400,6 +400,7 @@ def test_plans_draw_the_same_batches_from_the_index_as_from_records(tmp_path, hy
 
 def test_worker_processes_probe_as_one_process_does(tmp_path, hymenoptera, monkeypatch):
     root = make_tree(tmp_path / "t", hymenoptera)
+    age(root)
     monkeypatch.setattr(parallel, "_MIN_FOR_PROCESSES", 1)
     monkeypatch.setattr(parallel, "_BATCH", 3)
     forks = []
