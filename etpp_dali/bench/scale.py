@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch.distributed as dist
 
 from etpp_dali.bench.record import machine_info, markdown_table
@@ -39,7 +40,7 @@ from etpp_dali.data.scan import scan_split
 from etpp_dali.data.sources import open_source
 from etpp_dali.loader.loaders import CurriculumLoader
 
-__all__ = ["build_tree", "main", "measure", "memory", "report", "run_all", "run_ranks", "walk_and_stat"]
+__all__ = ["build_tree", "extrapolate", "main", "measure", "memory", "report", "run_all", "run_ranks", "walk_and_stat"]
 
 CLASSES = 1000
 CASES = ("first", "trust", "cached", "walk", "verify", "loader", "rescan")
@@ -67,8 +68,10 @@ def build_tree(root: Path, n: int, photos: Path, classes: int = CLASSES) -> Path
 
 
 def memory() -> dict[str, int]:
-    """This process's memory in bytes: rss, pss, private, shared (smaps_rollup), and the bytes
-    and read calls it made so far (``rchar``, ``syscr``) and its peak RSS."""
+    """This process's memory in bytes from smaps_rollup: rss, pss, ``anon`` (anonymous pages: its
+    own, which no other process can share), ``private_file`` (file pages only it maps: page cache
+    that another process mapping the same file would share), shared; the bytes and read calls it
+    made so far (``rchar``, ``syscr``), its peak RSS, and the CPU seconds of it and its children."""
     out: dict[str, int] = {}
     with open("/proc/self/smaps_rollup") as f:
         for line in f:
@@ -77,41 +80,50 @@ def memory() -> dict[str, int]:
                 out[key] = int(rest.split()[0]) * 1024
     with open("/proc/self/io") as f:
         io = dict(line.split(": ") for line in f.read().splitlines())
-    return {"rss": out["Rss"], "pss": out["Pss"], "private": out["Private_Clean"] + out["Private_Dirty"],
+    cpu = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF,
+                                                                          resource.RUSAGE_CHILDREN)))
+    return {"rss": out["Rss"], "pss": out["Pss"], "anon": out["Anonymous"],
+            "private_file": out["Private_Clean"] + out["Private_Dirty"] - out["Anonymous"],
             "shared": out["Shared_Clean"] + out["Shared_Dirty"], "rchar": int(io["rchar"]), "syscr": int(io["syscr"]),
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_s": round(cpu, 3)}
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {f"{k}_delta": after[k] - before[k] for k in ("private", "rss", "pss", "rchar", "syscr")}
+    out = {f"{k}_delta": after[k] - before[k] for k in ("anon", "private_file", "rss", "pss", "rchar", "syscr")}
+    out["cpu_s_delta"] = round(after["cpu_s"] - before["cpu_s"], 3)
+    return out
 
 
 def _curriculum() -> Curriculum:
     return Curriculum([StageSpec(32, 0.0, 1.0)], budget=1, resolution=64, split="epochs")
 
 
+def _open_case(data: Path, case: str) -> tuple[int, int, int, Any]:
+    """(good images, bad files, index file bytes, source or None) of opening ``data`` as ``case`` does."""
+    if case == "verify":
+        scan = scan_split(data / "train", verify_files=True)
+        return len(scan), len(scan.bad), scan.index.path.stat().st_size, None
+    if case == "walk":
+        return walk_and_stat(data / "train"), 0, 0, None
+    source = open_source(data, trust=case == "trust")
+    return len(source), len(source.bad), source.index.path.stat().st_size, source
+
+
 def measure(data: Path, case: str) -> dict[str, Any]:
     """One case (see the module docstring) in this process; the cache is the caller's."""
     before, load = memory(), os.getloadavg()[0]
     start = time.perf_counter()
-    if case == "verify":
-        scan = scan_split(data / "train", verify_files=True)
-        images, bad = len(scan), len(scan.bad)
-    elif case == "walk":
-        images, bad = walk_and_stat(data / "train"), 0
-    else:
-        source = open_source(data, trust=case == "trust")
-        images, bad = len(source), len(source.bad)
+    images, bad, index_bytes, source = _open_case(data, case)
     opened = time.perf_counter() - start
     opened_memory = memory()
-    row = {"case": case, "images": images, "bad": bad, "open_s": round(opened, 3),
+    row = {"case": case, "images": images, "bad": bad, "open_s": round(opened, 3), "index_bytes": index_bytes,
            "files_per_s": round((images + bad) / max(opened, 1e-9)), "load_before": round(load, 2),
            **opened_memory, **_delta(before, opened_memory)}
     if case == "loader":
         loader = CurriculumLoader(source, _curriculum(), 2, device="cpu", num_threads=1, verbose=False)
         next(iter(loader))
         row["first_batch_s"] = round(time.perf_counter() - start, 3)
-        row.update({f"{k}_after_batch": v for k, v in memory().items() if k in ("rss", "pss", "private", "shared")})
+        row.update({f"{k}_after_batch": v for k, v in memory().items() if k in ("rss", "pss", "anon", "shared")})
     row["load_after"] = round(os.getloadavg()[0], 2)
     return row
 
@@ -165,8 +177,8 @@ def _ranks(data: Path, cache: Path, n: int, state: str) -> dict[str, Any]:
     readers = [r["rank"] for r in rows if r["rchar_delta"] > 64 * n]  # more than 64 bytes an image read
     return {"n": n, "state": state, "ranks": len(rows), "process_s": round(wall, 2), "ranks_that_read": readers,
             "open_s_max": max(r["open_s"] for r in rows), "first_batch_s_max": max(r["first_batch_s"] for r in rows),
-            "private_delta_max": max(r["private_delta"] for r in rows),
-            "pss_mean": sum(r["pss"] for r in rows) / len(rows),
+            "anon_delta_max": max(r["anon_delta"] for r in rows), "pss_mean": sum(r["pss"] for r in rows) / len(rows),
+            "pss_delta_mean": sum(r["pss_delta"] for r in rows) / len(rows),
             "load_before": rows[0]["load_before"], "per_rank": rows}
 
 
@@ -208,23 +220,46 @@ def run_all(sizes: list[int], work: Path, photos: Path, ranks: bool = True) -> d
 
 
 def report(doc: dict[str, Any]) -> str:
-    """The Markdown tables of a :func:`run_all` record."""
-    rows = [dict(r, private_delta_mb=r["private_delta"] / 2**20, private_per_image=r["private_delta"] / max(1, r["n"]),
-                 rss_mb=r["rss"] / 2**20, pss_mb=r["pss"] / 2**20, read_mb=r["rchar_delta"] / 2**20)
-            for r in doc["rows"]]
-    columns = ["n", "case", "open_s", "files_per_s", "first_batch_s", "private_delta_mb", "private_per_image",
-               "rss_mb", "pss_mb", "read_mb", "load_before", "load_after"]
-    ranks = [dict(r, private_delta_max_mb=r["private_delta_max"] / 2**20, pss_mean_mb=r["pss_mean"] / 2**20,
+    """The Markdown of a :func:`run_all` record: a table of the cases, one of the ranks, and the
+    figures at ImageNet-22K size extrapolated linearly from the measured sizes."""
+    mb = 2**20
+    rows = [dict(r, anon_delta_mb=r["anon_delta"] / mb, anon_per_image=r["anon_delta"] / r["n"],
+                 pss_delta_mb=r["pss_delta"] / mb, rss_mb=r["rss"] / mb, read_mb=r["rchar_delta"] / mb,
+                 files_per_cpu_s=round((r["images"] + r["bad"]) / max(r["cpu_s_delta"], 1e-3)),
+                 index_per_image=r["index_bytes"] / r["n"]) for r in doc["rows"]]
+    columns = ["n", "case", "open_s", "files_per_s", "cpu_s_delta", "files_per_cpu_s", "first_batch_s",
+               "anon_delta_mb", "anon_per_image", "pss_delta_mb", "rss_mb", "read_mb", "index_per_image",
+               "load_before", "load_after"]
+    ranks = [dict(r, anon_delta_max_mb=r["anon_delta_max"] / mb, pss_mean_mb=r["pss_mean"] / mb,
+                  pss_delta_mean_mb=r["pss_delta_mean"] / mb,
                   readers=",".join(map(str, r["ranks_that_read"])) or "none") for r in doc["ranks"]]
-    rank_columns = ["n", "state", "ranks", "open_s_max", "first_batch_s_max", "readers", "private_delta_max_mb",
-                    "pss_mean_mb", "load_before"]
-    return (markdown_table(rows, columns) + "\n\n" + (markdown_table(ranks, rank_columns) if ranks else "")
-            + "\n")
+    rank_columns = ["n", "state", "ranks", "open_s_max", "first_batch_s_max", "readers", "anon_delta_max_mb",
+                    "pss_delta_mean_mb", "pss_mean_mb", "load_before"]
+    out = [markdown_table(rows, columns), ""]
+    if ranks:
+        out += [markdown_table(ranks, rank_columns), ""]
+    return "\n".join(out + extrapolate(doc)) + "\n"
+
+
+def extrapolate(doc: dict[str, Any], n: int = 14_200_000) -> list[str]:
+    """Lines: the cached open, its anonymous memory per rank and the index file at ``n`` images,
+    each a least-squares line through the measured sizes (the cached case)."""
+    cached = [r for r in doc["rows"] if r["case"] == "cached"]
+    if len(cached) < 2:
+        return []
+    sizes = np.array([r["n"] for r in cached], dtype=float)
+    lines = [f"Extrapolated to {n:,} images (a line through N = {', '.join(f'{int(x):,}' for x in sizes)}):"]
+    for key, what, scale, unit in (("open_s", "cached open", 1, "s"), ("anon_delta", "anonymous memory of the open",
+                                   2**20, "MB"), ("index_bytes", "index file (shared through the page cache)", 2**20,
+                                   "MB")):
+        slope, intercept = np.polyfit(sizes, [r[key] / scale for r in cached], 1)
+        lines.append(f"- {what}: {slope * n + intercept:,.1f} {unit}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m etpp_dali.bench.scale", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "tree", "case", "ranks"])
+    parser.add_argument("command", choices=["run", "report", "tree", "case", "ranks"])
     parser.add_argument("--data", type=Path, default=None, help="The tree's root (train/ inside).")
     parser.add_argument("--sizes", default="10000,100000,1280000", help="run: the N to measure.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/etpp-scale"), help="run: trees and caches.")
@@ -234,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=Path, default=None, help="tree: the JPEGs to link to.")
     parser.add_argument("--case", choices=CASES, default="cached")
     args = parser.parse_args(argv)
+    if args.command == "report":  # the tables again, from a record
+        args.json.with_suffix(".md").write_text(report(json.loads(args.json.read_text())))
+        return
     if args.command == "run":
         doc = run_all([int(n) for n in args.sizes.split(",")], args.work, args.photos, not args.no_ranks)
         table = report(doc)
