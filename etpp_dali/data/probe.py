@@ -29,7 +29,8 @@ _HEAD = 4096           # first read: holds the whole header of a plain JPEG
 _HEAD_MAX = 1 << 20    # headers longer than this (huge EXIF or ICC blocks) go to Pillow
 _TAIL = 4096           # where the end-of-image marker is looked for (as Pillow-based checks did)
 _SOF = (0xC0, 0xC1, 0xC2)                 # baseline, extended, progressive: the frames Pillow names "JPEG"
-_SKIP = {0xC4, 0xDB, 0xDD, 0xFE} | set(range(0xE0, 0xF0))  # DHT, DQT, DRI, COM, APPn
+_INSPECT = {0xDB, 0xE0, 0xE2, 0xED, 0xEE}  # DQT and the APPn whose content Pillow acts on
+_KNOWN = {0xC4, 0xDD, 0xFE} | set(range(0xE0, 0xF0)) | _INSPECT | set(_SOF)  # + DHT, DRI, COM, APPn
 _NEED_MORE = -1
 
 # (size, mtime_ns, format code, height, width, reason): code 0 with a reason for a bad file
@@ -123,40 +124,34 @@ def _jpeg_frame(buf: bytes) -> tuple[int, int] | int | None:
         marker = buf[pos + 1]
         if marker == 0xDA:
             return frame
-        length = (buf[pos + 2] << 8) | buf[pos + 3]
-        end = pos + 2 + length
-        if length < 2 or marker not in _SKIP and marker not in _SOF:
+        end = pos + 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
+        if end < pos + 4 or marker not in _KNOWN:
             return None
         if end > n:
             return _NEED_MORE
-        body = buf[pos + 4:end]
         if marker in _SOF:
-            if len(body) < 6 or body[0] != 8 or body[5] not in (1, 3, 4):
+            if end - pos < 10 or buf[pos + 4] != 8 or buf[pos + 9] not in (1, 3, 4):
                 return None  # Pillow refuses these with its own message
-            frame = ((body[1] << 8) | body[2], (body[3] << 8) | body[4])
-        elif not _known_segment(marker, body):
+            frame = ((buf[pos + 5] << 8) | buf[pos + 6], (buf[pos + 7] << 8) | buf[pos + 8])
+        elif marker in _INSPECT and not _known_segment(marker, buf, pos + 4, end):
             return None
         pos = end
 
 
-def _known_segment(marker: int, body: bytes) -> bool:
-    """Whether Pillow reads this segment without an error or a change of format (MPO)."""
+def _known_segment(marker: int, buf: bytes, start: int, end: int) -> bool:
+    """Whether Pillow reads the segment ``buf[start:end]`` without an error or a change of
+    format (MPO)."""
     if marker == 0xDB:  # quantisation tables: Pillow checks each is complete
-        while body:
-            need = 1 + (64 if body[0] < 16 else 128)
-            if len(body) < need:
-                return False
-            body = body[need:]
-        return True
-    if marker == 0xE0 and body.startswith(b"JFIF"):
-        return len(body) >= 12
-    if marker == 0xE2 and body.startswith(b"MPF\0"):
-        return False
-    if marker == 0xED and body.startswith(b"Photoshop 3.0\x00"):
-        return False
-    if marker == 0xEE and body.startswith(b"Adobe"):
-        return len(body) >= 12
-    return True
+        while start < end:
+            start += 1 + (64 if buf[start] < 16 else 128)
+        return start == end
+    if marker == 0xE0:
+        return not buf.startswith(b"JFIF", start, end) or end - start >= 12
+    if marker == 0xE2:
+        return not buf.startswith(b"MPF\0", start, end)
+    if marker == 0xED:
+        return not buf.startswith(b"Photoshop 3.0\x00", start, end)
+    return not buf.startswith(b"Adobe", start, end) or end - start >= 12  # APP14
 
 
 def _pil_verdict(opener: Callable, size: int, level: int) -> tuple[int, int, int, str]:
