@@ -142,6 +142,11 @@ def jpeg_variants(hymenoptera: Path) -> dict[str, bytes]:
     out["bad_length"] = real[:4] + b"\x00\x01" + real[6:]
     out["zero"] = b""
     out["padded"] = real[:2] + b"\xff" + real[2:]
+    dqt = real.index(b"\xff\xdb")
+    length = int.from_bytes(real[dqt + 2:dqt + 4], "big")
+    out["dqt_short"] = real[:dqt + 2] + (length - 1).to_bytes(2, "big") + real[dqt + 4:]
+    out["photoshop"] = real[:2] + b"\xff\xed\x00\x12Photoshop 3.0\x008B" + real[2:]
+    out["adobe_short"] = real[:2] + b"\xff\xee\x00\x07Adobe" + real[2:]
     return out
 
 
