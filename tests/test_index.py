@@ -419,3 +419,22 @@ def test_worker_processes_probe_as_one_process_does(tmp_path, hymenoptera, monke
     assert forks == [2]
     assert [r for r in forked.records] == [r for r in single.records] and len(forked) == 11
     assert [str(b) for b in forked.bad] == [str(b) for b in single.bad] and len(forked.bad) == 1
+
+
+def test_train_trust_data_reaches_the_index(tmp_path, hymenoptera):
+    """``etpp train --trust-data`` (TrainConfig.trust_data) opens both splits from headers only."""
+    from etpp_dali.cli import main
+    from etpp_dali.train.config import TrainConfig
+    from etpp_dali.train.data import _open_splits
+
+    assert any(p.name == "trust_data" for p in main.commands["train"].params)
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        (root / split / "a").mkdir(parents=True)
+        for k, p in enumerate(photos(hymenoptera, 3)):
+            shutil.copy(p, root / split / "a" / f"{k}.jpg")
+        data = (root / split / "a" / "0.jpg").read_bytes()
+        (root / split / "a" / "0.jpg").write_bytes(data[: len(data) // 2])
+    trusted = _open_splits(root, TrainConfig(data=str(root), trust_data=True))
+    checked = _open_splits(root, TrainConfig(data=str(root)))
+    assert [len(s) for s in trusted] == [3, 3] and [len(s) for s in checked] == [2, 2]
