@@ -438,3 +438,20 @@ def test_train_trust_data_reaches_the_index(tmp_path, hymenoptera):
     trusted = _open_splits(root, TrainConfig(data=str(root), trust_data=True))
     checked = _open_splits(root, TrainConfig(data=str(root)))
     assert [len(s) for s in trusted] == [3, 3] and [len(s) for s in checked] == [2, 2]
+
+
+def test_holdout_split_takes_subsets_of_the_index(tmp_path, hymenoptera):
+    from etpp_dali.train.data import holdout_split
+
+    src = image_folder(make_tree(tmp_path / "t", hymenoptera))
+    train, val = holdout_split(src, 0.3, seed=1)
+    paths = [src.path(i) for i in range(len(src))]
+    got = [train.path(i) for i in range(len(train))] + [val.path(i) for i in range(len(val))]
+    assert sorted(got) == sorted(paths) and len(set(got)) == len(paths)
+    assert set(val.labels.tolist()) == {0, 1, 2} and train.bad == src.bad and not val.bad
+    for part in (train, val):
+        for i in range(len(part)):
+            j = paths.index(part.path(i))
+            assert part.labels[i] == src.labels[j] and tuple(part.sizes[i]) == tuple(src.sizes[j])
+    again = holdout_split(src, 0.3, seed=1)[1]
+    assert [again.path(i) for i in range(len(again))] == [val.path(i) for i in range(len(val))]
