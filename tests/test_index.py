@@ -147,6 +147,10 @@ def jpeg_variants(hymenoptera: Path) -> dict[str, bytes]:
     out["dqt_short"] = real[:dqt + 2] + (length - 1).to_bytes(2, "big") + real[dqt + 4:]
     out["photoshop"] = real[:2] + b"\xff\xed\x00\x12Photoshop 3.0\x008B" + real[2:]
     out["adobe_short"] = real[:2] + b"\xff\xee\x00\x07Adobe" + real[2:]
+    ps = b"Photoshop 3.0\x008BIM\x03\xed"
+    out["photoshop_cut"] = real[:2] + b"\xff\xed" + (2 + len(ps)).to_bytes(2, "big") + ps + real[2:]
+    ps += b"\x00\x00\x00\x00\x00\x04abcd8BIM\x04\x04\x00\x00\x00\x00\x00\x02xy"
+    out["photoshop_blocks"] = real[:2] + b"\xff\xed" + (2 + len(ps)).to_bytes(2, "big") + ps + real[2:]
     return out
 
 
@@ -166,7 +170,7 @@ def test_fast_probe_agrees_with_pillow(tmp_path, hymenoptera):
         data = f.read_bytes()
         fast_paths += probe._jpeg_fast(data[:4096], len(data), probe.CHECK, lambda n, d=data: d[:n],
                                        lambda d=data: d[-4096:]) is not None
-    assert fast_paths >= 390  # the photos (and most variants) never reach Pillow
+    assert fast_paths >= 396 + 8  # the photos and most variants never reach Pillow
     assert probe.probe_path(str(tmp_path / "truncated.jpg"), probe.TRUST)[2] > 0  # trust reads no end marker
 
 

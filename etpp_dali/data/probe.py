@@ -6,14 +6,17 @@ downloads) and verifies PNG chunk checksums; ``DEEP`` decodes every pixel (slow;
 in the middle of a JPEG).
 
 Well-formed JPEGs, nearly all of ImageNet, take a fast path: one read of the first bytes, a walk
-over the marker segments up to the start of scan, one read of the last bytes. Anything the walk
-does not recognise goes to Pillow, so every verdict (and every reason) is Pillow's.
+over the marker segments up to the start of scan, one read of the last bytes. The walk checks
+what Pillow's header parser checks (frame, quantisation tables, the APPn blocks it reads), except
+EXIF metadata, which the decoders do not need; anything it does not recognise goes to Pillow,
+whose verdict and reason then stand.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -150,8 +153,28 @@ def _known_segment(marker: int, buf: bytes, start: int, end: int) -> bool:
     if marker == 0xE2:
         return not buf.startswith(b"MPF\0", start, end)
     if marker == 0xED:
-        return not buf.startswith(b"Photoshop 3.0\x00", start, end)
+        return not buf.startswith(b"Photoshop 3.0\x00", start, end) or _photoshop_ok(buf[start:end])
     return not buf.startswith(b"Adobe", start, end) or end - start >= 12  # APP14
+
+
+def _photoshop_ok(s: bytes) -> bool:
+    """Whether Pillow walks these Photoshop resource blocks (APP13) without an ``IndexError``
+    (which makes it take the file for no image at all): its own walk, step by step."""
+    offset = 14
+    try:
+        while s[offset:offset + 4] == b"8BIM":
+            offset += 6  # the tag and the resource code
+            struct.unpack_from(">H", s, offset - 2)
+            offset += 1 + s[offset]  # the name: an IndexError in Pillow too
+            offset += offset & 1
+            (size,) = struct.unpack_from(">I", s, offset)
+            offset += 4 + size
+            offset += offset & 1
+    except struct.error:  # Pillow stops there, as here
+        pass
+    except IndexError:
+        return False
+    return True
 
 
 def _pil_verdict(opener: Callable, size: int, level: int) -> tuple[int, int, int, str]:
