@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 
 from etpp_dali import Curriculum, StageSpec
 from etpp_dali.data.scan import DataError, ImageRecord
-from etpp_dali.data.sources import image_folder
+from etpp_dali.data.sources import Source, image_folder
 from etpp_dali.loader.graphs import define_train_pipeline
 from etpp_dali.loader.loaders import CurriculumLoader, ValidationLoader
 from etpp_dali.loader.settings import LoaderSettings
@@ -281,7 +281,7 @@ def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp
     is reported once, left out, and training and validation go on."""
     bad = damaged_png(tmp_path)
     src = image_folder(demo_root / "train")
-    src.records.insert(10, ImageRecord(str(bad), 0, 50, 40, "PNG"))
+    src = Source(src.name, src.classes, [*src.records[:10], ImageRecord(str(bad), 0, 50, 40, "PNG"), *src.records[10:]])
     cur = small_schedule()
     loader = CurriculumLoader(src, cur, batch_size=16, device="cpu")
     counts = [sum(len(y) for y in epoch_labels(loader, e)) for e in range(2)]
@@ -289,7 +289,8 @@ def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp
     assert list(loader.excluded) == [10] and loader.state_dict()["excluded"] == [10]
     assert capfd.readouterr().err.count("left out") == 1
     val_src = image_folder(demo_root / "val", src.classes)
-    val_src.records.insert(3, ImageRecord(str(bad), 0, 50, 40, "PNG"))
+    val_src = Source(val_src.name, val_src.classes, [*val_src.records[:3], ImageRecord(str(bad), 0, 50, 40, "PNG"),
+                                                     *val_src.records[3:]])
     val = ValidationLoader(val_src, 32, 5, device="cpu")
     assert [sum(len(y) for _, y in val) for _ in range(2)] == [24, 24]
 

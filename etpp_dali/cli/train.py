@@ -18,6 +18,9 @@ __all__ = ["print_summary", "train"]
 @click.option("--recipe", default=None, help="A recipe YAML (pipelines/) or its name; default: the demo recipe.")
 @click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the embedded demo set).")
 @click.option("--val-split", type=float, default=None, help="Hold out this fraction of train when there is no val/.")
+@click.option("--trust-data", is_flag=True, default=None,
+              help="Index new files from their headers only (format, size), without the end-of-file check; "
+                   "a file the decoder fails on is still left out at run time.")
 @click.option("--model", default=None, help="Any timm model name.")
 @click.option("--preset", default=None, help="etpp, et, baseline or a schedule file (a file keeps its own budget "
               "unless --budget is given: the recipe's budget belongs to the recipe's preset).")

@@ -43,6 +43,7 @@ class TrainConfig:
     name: str = "run"
     data: str | None = "demo"          # a data set path, "demo" for the embedded demo set
     val_split: float | None = None     # hold out this fraction of train when there is no val/
+    trust_data: bool = False           # index new files from their headers only (no end-of-file check)
     model: str = "resnet10t"
     # schedule: a preset (etpp, et, baseline) or a schedule file, with its knobs
     preset: str = "etpp"

@@ -78,9 +78,9 @@ def data_root(cfg: TrainConfig) -> Path:
 def _open_splits(root: Path, cfg: TrainConfig) -> tuple[Any, Any]:
     """The train and val sources of ``root``: its val/ folder, else a held-out part of train/."""
     try:
-        train_src = open_source(root, "train")
+        train_src = open_source(root, "train", trust=cfg.trust_data)
         if (root / "val").is_dir():
-            return train_src, open_source(root, "val", classes=train_src.classes)
+            return train_src, open_source(root, "val", classes=train_src.classes, trust=cfg.trust_data)
         if cfg.val_split:
             return holdout_split(train_src, cfg.val_split, cfg.seed)
     except DataError as exc:
