@@ -4,6 +4,7 @@ pipeline would not decode."""
 from __future__ import annotations
 
 import sys
+
 import click
 
 from etpp_dali.cli.options import fail
