@@ -383,7 +383,7 @@ def test_plans_draw_the_same_batches_from_the_index_as_from_records(tmp_path, hy
 
     from etpp_dali.curriculum.schedule import Curriculum, StageSpec
     from etpp_dali.loader.graphs import PipelineConfig
-    from etpp_dali.loader.plans import TrainPlan
+    from etpp_dali.loader.plans import EpochSteps, TrainPlan
 
     root = make_tree(tmp_path / "t", hymenoptera)
     src = image_folder(root)
@@ -398,7 +398,8 @@ def test_plans_draw_the_same_batches_from_the_index_as_from_records(tmp_path, hy
     cur = Curriculum([StageSpec(16, 0.0, 0.5), StageSpec(32, 9.0, 0.5)], budget=2, resolution=32, split="epochs")
     cfg = PipelineConfig(resolution=32, batch_size=4)
     for source in (src, pickle.loads(pickle.dumps(src))):
-        plans = [TrainPlan(s, cur, 4, cfg, seed=3, shard_id=1, num_shards=2) for s in (source, reference)]
+        plans = [TrainPlan(s, EpochSteps.of_shard(cur, 4, s, 2), cfg, seed=3, shard_id=1, num_shards=2)
+                 for s in (source, reference)]
         batches = [list(p.batches((0, 0))) for p in plans]
         assert len(batches[0]) == len(batches[1]) > 2
         for (pos_a, feed_a), (pos_b, feed_b) in zip(*batches):
