@@ -1,5 +1,5 @@
 """``python -m etpp_dali`` is ``etpp`` (what ``torchrun -m etpp_dali train`` runs)."""
 
-from .cli import main
+from etpp_dali.cli import main
 
 main()

@@ -15,9 +15,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_swin  # noqa: E402  (registers the model with timm)
 
+from etpp_dali.train.config import TrainConfig  # noqa: E402
 from etpp_dali.train.distributed import init_from_env  # noqa: E402
 from etpp_dali.train.models import unwrap_model  # noqa: E402
-from etpp_dali.train.trainer import TrainConfig, Trainer  # noqa: E402
+from etpp_dali.train.trainer import Trainer  # noqa: E402
 
 
 def main(data: str, schedule: str, out: str) -> None:

@@ -2,6 +2,7 @@
 trains as the whole one."""
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from etpp_dali.curriculum.batching import BatchError, auto_stage_batch, resolve_
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.train.config import RecipeError, TrainConfig
 from etpp_dali.train.models import unwrap_model
+from etpp_dali.train.trainer import Trainer, train
 
 TWO_STAGES = """
 split: epochs
@@ -132,8 +134,6 @@ class ImagesByIndex:
 def run_with_fake_loader(cfg: TrainConfig):
     """Train ``cfg`` on :class:`ImagesByIndex`; returns the weights and, per optimiser step, its
     images and learning rate."""
-    from etpp_dali.train.trainer import Trainer
-
     trainer = Trainer(cfg)
     trainer.train_loader.close()
     trainer.train_loader = ImagesByIndex(trainer.curriculum, cfg.batch_size)
@@ -181,8 +181,6 @@ def test_an_incomplete_last_group_steps_on_the_mean_of_what_it_holds(demo_root, 
     cfg = TrainConfig(data=str(demo_root), model="test_convnext", preset=str(two_stage_file(tmp_path)), resolution=64,
                       batch_size=32, stage_batch=[16, 16], lr=2e-3, progress=False, threads=2, val_every=10,
                       output=str(tmp_path / "odd"))
-    from etpp_dali.train.trainer import Trainer
-
     trainer = Trainer(cfg)
     trainer.train_loader.close()
     trainer.train_loader = ImagesByIndex(trainer.curriculum, 32, images=48)
@@ -218,19 +216,17 @@ def resnet_run(demo_root, tmp_path, name, **over):
 
 
 def test_the_loader_serves_each_stage_its_batch_and_the_steps_follow_the_global_batch(demo_root, tmp_path):
-    from etpp_dali.train.trainer import Trainer
-
     steps = {}
     for name, over in (("whole", {}), ("split", {"stage_batch": [0, 16]})):
         trainer = Trainer(resnet_run(demo_root, tmp_path, name, **over))
         loader, sizes, pending = trainer.train_loader, [], []
         real_step = trainer.optim.step
 
-        def step(images, labels, _real=real_step, **kwargs):
-            pending.append(len(labels))
+        def step(images, labels, _real=real_step, _loader=loader, _sizes=sizes, _pending=pending, **kwargs):
+            _pending.append(len(labels))
             if kwargs.get("last", True):
-                sizes.append((loader.epoch, sum(pending)))
-                pending.clear()
+                _sizes.append((_loader.epoch, sum(_pending)))
+                _pending.clear()
             return _real(images, labels, **kwargs)
 
         trainer.optim.step = step
@@ -249,10 +245,6 @@ def test_a_run_stopped_in_either_stage_resumes_to_the_uninterrupted_result(demo_
     """Ctrl-C in stage 0 (batch 32) and again mid-group in stage 1 (16 x 2): each checkpoint
     lands at the end of an accumulation group, and the resumed run ends with the weights and
     log of a run never stopped."""
-    import signal
-
-    from etpp_dali.train.trainer import Trainer, train
-
     train(resnet_run(demo_root, tmp_path, "straight", stage_batch=[0, 16]))
     cfg = resnet_run(demo_root, tmp_path, "stopped", stage_batch=[0, 16])
     for resume, stop_at, saved_at in ((None, (1, 2), (1, 2)), (True, (3, 3), (3, 4))):

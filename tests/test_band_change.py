@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import tiny_swin
 import torch
+from timm.layers import resize_rel_pos_bias_table
 
+from etpp_dali.train.config import TrainConfig
 from etpp_dali.train.models import (
     adapt_model_to_band,
     build_model,
@@ -23,7 +25,7 @@ from etpp_dali.train.models import (
     unwrap_model,
 )
 from etpp_dali.train.optimisation import Optimisation
-from etpp_dali.train.trainer import TrainConfig, Trainer
+from etpp_dali.train.trainer import Trainer
 
 CPU = torch.device("cpu")
 LOW, HIGH = tiny_swin.BANDS
@@ -80,8 +82,6 @@ def test_a_band_change_keeps_every_parameter_in_the_optimiser_and_learning(tmp_p
 
 
 def _resize(tensor, old_window, new_window, shape):
-    from timm.layers import resize_rel_pos_bias_table
-
     with warnings.catch_warnings():  # torch's own deprecation notes inside timm's interpolation
         warnings.simplefilter("ignore", UserWarning)
         return resize_rel_pos_bias_table(tensor, new_window_size=new_window, new_bias_shape=shape,

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import signal
@@ -10,9 +11,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import etpp_dali.train.data as train_data
+import etpp_dali.train.trainer as trainer_module
 from etpp_dali.cli import main
 from etpp_dali.curriculum.schedule import Curriculum
-from etpp_dali.train.trainer import RecipeError, TrainConfig, Trainer, load_recipe, train
+from etpp_dali.train import checkpoint
+from etpp_dali.train.config import RecipeError, TrainConfig, load_recipe
+from etpp_dali.train.distributed import cuda_index_for_rank
+from etpp_dali.train.evaluation import eval_counts
+from etpp_dali.train.models import adapt_model_to_band, build_model, check_model_takes_bands, create_model
+from etpp_dali.train.trainer import Trainer, train
 
 pytest.importorskip("nvidia.dali")
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,12 +116,21 @@ def test_bad_inputs_are_one_line_errors(demo_root, tmp_path):
     trainer.close()
 
 
+# data epochs of each shipped recipe's schedule: the baselines' 300, the etpp presets' at E = 200
+RECIPE_EPOCHS = {"convnext_tiny_baseline": 300, "convnext_tiny_etpp": 315, "deit_small_baseline": 300,
+                 "deit_small_etpp": 468, "demo": 26, "resnet50_baseline": 300, "resnet50_etpp": 454,
+                 "swin_tiny_baseline": 300, "swin_tiny_etpp": 454}
+
+
 def test_recipes_parse_and_reject_unknown_keys(tmp_path):
+    epochs = {}
     for path in sorted((ROOT / "pipelines").glob("*.yaml")):
         values = load_recipe(path)
         cfg = TrainConfig(**values)
         cur = cfg.curriculum()
-        assert isinstance(cur, Curriculum) and cur.total_epochs > 0, path.name
+        assert isinstance(cur, Curriculum), path.name
+        epochs[path.stem] = cur.total_epochs
+    assert epochs == RECIPE_EPOCHS
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: resnet50\nbatchsize: 12\n")
     with pytest.raises(RecipeError, match="unknown key 'batchsize'"):
@@ -264,8 +281,6 @@ def test_ddp_two_cpu_processes_with_gloo(demo_root, tmp_path):
 @pytest.mark.parametrize("name,bands", [("swin_tiny_patch4_window7_224", [96, 160, 224]),
                                         ("test_vit", [64, 96, 160])])
 def test_transformers_follow_band_changes(name, bands):
-    from etpp_dali.train.models import adapt_model_to_band, check_model_takes_bands, create_model
-
     model = create_model(name, num_classes=3, drop_path=0.0)
     check_model_takes_bands(model, bands, torch.device("cpu"), torch.contiguous_format)
     model.eval()
@@ -278,8 +293,6 @@ def test_transformers_follow_band_changes(name, bands):
 
 
 def test_tensorboard_flag_says_what_is_missing_or_logs(demo_root, tmp_path):
-    import importlib.util
-
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(RecipeError, match="pip install tensorboard"):
             Trainer(tiny(demo_root, tmp_path, tensorboard=True))
@@ -289,8 +302,6 @@ def test_tensorboard_flag_says_what_is_missing_or_logs(demo_root, tmp_path):
 
 
 def test_drop_path_scales_by_the_schedule_kind_not_its_name(tmp_path):
-    from etpp_dali.train.models import build_model
-
     # a schedule file whose name starts with "et" keeps the rate given
     etc = tmp_path / "etc_schedule.yaml"
     etc.write_text("budget: 100\nstages:\n  - {band: 32, magnitude: 9}\n")
@@ -310,15 +321,13 @@ def test_drop_path_scales_by_the_schedule_kind_not_its_name(tmp_path):
 
 
 _READS = ("item", "tolist", "__float__", "__int__", "__bool__")
-_STEP_CODE = ("trainer.py", "optimisation.py", "models.py")
+_STEP_CODE = ("trainer.py", "optimisation.py", "models.py", "progress.py")
 
 
 def test_an_epoch_reads_the_device_once_and_ranks_vote_every_sync_every_steps(demo_root, tmp_path, monkeypatch):
     """Each read of a device value makes the host wait for the GPU: the loss adds up on the
     device and is read once an epoch; under DDP the stop vote (a collective) is held every
     SYNC_EVERY steps and at the epoch's last, not every step."""
-    import etpp_dali.train.trainer as trainer_module
-
     trainer = Trainer(tiny(demo_root, tmp_path, batch_size=4))
     steps = trainer.train_loader.batches_in_epoch(0)
     assert steps == 24
@@ -342,7 +351,8 @@ def test_an_epoch_reads_the_device_once_and_ranks_vote_every_sync_every_steps(de
     trainer.optim.step = step
     monkeypatch.setattr(trainer_module, "SYNC_EVERY", 10)
     monkeypatch.setattr(trainer_module, "is_distributed", lambda: True)
-    monkeypatch.setattr(trainer_module, "agree_any", lambda flag, device: votes.append(trainer.train_loader.step) or flag)
+    monkeypatch.setattr(trainer_module, "agree_any",
+                        lambda flag, device: votes.append(trainer.train_loader.step) or flag)
     try:
         for name in _READS:
             monkeypatch.setattr(torch.Tensor, name, counting(name))
@@ -358,8 +368,6 @@ def test_an_epoch_reads_the_device_once_and_ranks_vote_every_sync_every_steps(de
 
 
 def test_eval_counts_hits_and_loss_on_the_device():
-    from etpp_dali.train.evaluation import eval_counts
-
     logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, -1.0, -2.0],   # label 1: top-1
                            [5.0, 0.0, 4.0, 3.0, 2.0, 1.0],     # label 2: top-5, not top-1
                            [5.0, 0.0, 4.0, 3.0, 2.0, 1.0]])    # label 1: last, outside the top 5
@@ -373,8 +381,6 @@ def test_eval_counts_hits_and_loss_on_the_device():
 
 
 def test_rng_states_of_more_gpus_than_are_visible_restore_those_there_are(monkeypatch):
-    from etpp_dali.train import checkpoint
-
     state = checkpoint.rng_state()
     state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]  # saved on 4 GPUs
     restored = []
@@ -394,8 +400,6 @@ def test_rng_states_of_more_gpus_than_are_visible_restore_those_there_are(monkey
 
 
 def test_a_rank_maps_onto_the_gpus_it_can_see():
-    from etpp_dali.train.distributed import cuda_index_for_rank
-
     assert [cuda_index_for_rank(rank, 8) for rank in range(8)] == list(range(8))  # torchrun: every GPU visible
     assert [cuda_index_for_rank(rank, 1) for rank in range(4)] == [0, 0, 0, 0]    # one visible GPU per process
     assert cuda_index_for_rank(5, 4) == 1
@@ -413,18 +417,25 @@ def test_paper_recipes_erase_and_step_on_a_global_batch_the_demo_does_not_erase(
         assert cfg.learning_rate(cfg.global_batch_size(1)) == pytest.approx(1e-3), name
     assert rows["demo"].reprob == 0.0
     resnet = rows["resnet50_etpp"].curriculum(1)
-    assert [s.batch for s in resnet.stages] == [512] * 2 + [256] * 4 + [0] * 4  # 128 x (224/B)^2 to the nearest divisor of 1024: 696 -> 512, 251 -> 256
+    # 128 x (224/B)^2 to the nearest divisor of 1024: 696 -> 512, 251 -> 256
+    assert [s.batch for s in resnet.stages] == [512] * 2 + [256] * 4 + [0] * 4
     assert all(s.batch == 0 for s in rows["resnet50_etpp"].curriculum(8).stages)  # 1024 / 8 = 128 already
 
 
 def test_the_demo_set_is_written_once_per_node_and_found_by_every_process(monkeypatch, tmp_path):
-    import etpp_dali.train.data as train_data
-
     calls = []
-    monkeypatch.setattr("etpp_dali.data.demo.demo_dataset", lambda spec: calls.append("write or find") or tmp_path)
+
+    def demo_dataset(spec):
+        calls.append("write or find")
+        return tmp_path
+
+    # train.data may import demo_dataset at its top (its own name) or at the call (the module's)
+    monkeypatch.setattr("etpp_dali.data.demo.demo_dataset", demo_dataset)
+    monkeypatch.setattr(train_data, "demo_dataset", demo_dataset, raising=False)
     monkeypatch.setattr(train_data, "is_distributed", lambda: True)
     monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
-    for local_rank, expected in (("0", ["write or find", "barrier", "write or find"]), ("1", ["barrier", "write or find"])):
+    for local_rank, expected in (("0", ["write or find", "barrier", "write or find"]),
+                                 ("1", ["barrier", "write or find"])):
         calls.clear()
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         assert train_data.data_root(TrainConfig(data="demo")) == tmp_path

@@ -1,9 +1,10 @@
 """The train wing: a thin PyTorch trainer on timm models that moves the loader along the curriculum.
 
-The run's settings and recipes (:mod:`.config`, torch-free), the data of a run (:mod:`.data`),
-models and their band rules, optimisation and the compute-based LR schedule, checkpoints,
-processes and devices, evaluation, ``summary.json``, and :mod:`.measure`, which predicts a
-schedule's wall-clock from timings on this machine.
+The run's settings and the recipes that fill them (:mod:`.config`, torch-free); the data of a
+run (:mod:`.data`), models and their band rules, optimisation and the compute-based LR schedule,
+checkpoints, processes and devices (and the torchrun relaunch), evaluation, the run's reports
+(:mod:`.progress`), ``summary.json``, and :mod:`.measure`, which predicts a schedule's wall-clock
+from timings on this machine.
 """
 
 from etpp_dali.util.lazy import lazy_exports
@@ -12,6 +13,8 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "TrainConfig": "config",
     "RecipeError": "config",
     "load_recipe": "config",
+    "find_recipe": "config",
+    "merge_recipe": "config",
     "Trainer": "trainer",
     "train": "trainer",
     "build_model": "models",

@@ -1,20 +1,28 @@
 """A run's settings: :class:`TrainConfig`, the recipe files that fill it, and their checks.
 
-A recipe (``pipelines/*.yaml``) sets TrainConfig keys; command-line flags override them. This
-module imports neither torch nor DALI, so recipes can be read and checked anywhere.
+A recipe (``pipelines/*.yaml``, shipped as the package data ``etpp_dali.recipes``) sets
+TrainConfig keys. :func:`find_recipe` finds one by path or name, :func:`load_recipe` reads it, and
+:func:`merge_recipe` lays command-line flags over it: the one rule of ``etpp train``, ``etpp
+search`` and ``etpp bench train`` alike. This module imports neither torch nor DALI, so recipes
+can be read and checked anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from etpp_dali.curriculum.batching import AUTO, BatchError, global_batch_size, resolve_stage_batches
+from etpp_dali.curriculum.presets import PRESETS
 from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
 
-__all__ = ["DROP_PATH_REFERENCE_BUDGET", "ECHO_KINDS", "RecipeError", "TrainConfig", "load_recipe"]
+__all__ = ["DEFAULT_RECIPE", "DROP_PATH_REFERENCE_BUDGET", "ECHO_KINDS", "RecipeError", "TrainConfig", "find_recipe",
+           "is_schedule_file", "load_recipe", "merge_recipe", "recipe_dirs"]
 
 # The reference recipes give drop-path at E = 200 and scale it by E / 200 with the budget of
 # their curricula (the etpp and et presets); a baseline or a schedule file keeps the rate given.
@@ -129,7 +137,8 @@ class TrainConfig:
             if value is not None and (not _is_int(value) or value < 1):
                 raise RecipeError(f"{flag} {value!r} must be an integer >= 1")
         if self.stage_batch is not None and self.stage_batch != AUTO and not isinstance(self.stage_batch, list):
-            raise RecipeError(f"--stage-batch {self.stage_batch!r}: use auto or a list of per-device batches, one a stage")
+            raise RecipeError(f"--stage-batch {self.stage_batch!r}: use auto or a list of per-device batches, "
+                              "one a stage")
         self._validate_echo()
         if not 0.0 <= self.reprob <= 1.0:
             raise RecipeError(f"reprob = {self.reprob} must be between 0 and 1 (the chance a sample is erased)")
@@ -150,8 +159,8 @@ class TrainConfig:
         if echo is not None and echo not in _ECHO_POLICIES and (not _is_int(echo) or echo < 1):
             raise RecipeError(f"--echo {echo!r} is invalid; use auto, off or a whole factor N >= 1")
         if self.echo_kind == "tensor" and echo not in (None, "off"):
-            raise RecipeError(f"--echo {echo} sets the factor of echo_kind augment, but echo_kind tensor replays at the "
-                              "schedule's factors: drop one of the two")
+            raise RecipeError(f"--echo {echo} sets the factor of echo_kind augment, but echo_kind tensor replays at "
+                              "the schedule's factors: drop one of the two")
         if not _is_int(self.echo_max) or self.echo_max < 1:
             raise RecipeError(f"echo_max = {self.echo_max!r} must be an integer >= 1")
         if self.echo_buffer_mb is not None and not self.echo_buffer_mb > 0:
@@ -167,8 +176,41 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+DEFAULT_RECIPE = "demo"  # what a command trains when given neither --recipe nor --data
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _SCHEDULE_KEYS = {"preset", "family", "budget", "resolution", "replay", "baseline_budget"}
+_CHECKOUT = Path(__file__).resolve().parents[2]  # the source checkout this package sits in, if any
+
+
+def recipe_dirs() -> list[Path]:
+    """Where named recipes live: a source checkout's pipelines/ (so an editable install or a
+    PYTHONPATH run reads the files being edited), then the copy installed with the package
+    (``etpp_dali.recipes``, package data of a wheel)."""
+    dirs = []
+    if (_CHECKOUT / "setup.cfg").is_file() and (_CHECKOUT / "pipelines").is_dir():
+        dirs.append(_CHECKOUT / "pipelines")
+    try:
+        installed = resources.files("etpp_dali.recipes")
+    except ModuleNotFoundError:  # a checkout run straight from its folder
+        installed = None
+    if isinstance(installed, Path) and installed.is_dir() and installed.resolve() not in dirs:
+        dirs.append(installed.resolve())
+    return dirs
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe file: ``name`` as a path, else a named recipe (``demo`` or ``demo.yaml``).
+    Raises :class:`RecipeError` listing the installed recipes when there is neither."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in recipe_dirs():
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")})
+    raise RecipeError(f"--recipe {name!r}: no such file or recipe; installed recipes: "
+                      f"{', '.join(known) or 'none found'} (or give a recipe file's path)")
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -194,9 +236,44 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def _read_yaml_mapping(path: Path) -> Mapping[str, Any]:
-    import yaml  # a dependency of the package; imported here so the CLI starts fast
+def merge_recipe(recipe: str | Path | None, flags: Mapping[str, Any]) -> TrainConfig:
+    """The settings of a run from a recipe and the flags of a command, by one rule:
 
+    1. The base is ``recipe`` (a path or a name, see :func:`find_recipe`). Without one it is the
+       demo recipe, unless the flags give ``data``: then TrainConfig's defaults, and the run is
+       named after the data folder (a demo recipe's settings would not fit another data set).
+    2. A schedule file given as the ``preset`` flag keeps its own budget: the recipe's budget
+       belongs to the recipe's preset, so it is dropped unless the flags give ``budget`` too.
+    3. Every flag that is not None overrides the recipe's key of the same name (the flags are
+       named as the TrainConfig fields); None means "not given".
+    4. ``output`` defaults to ``runs/<name>``.
+
+    The result is checked (:meth:`TrainConfig.validate`); an unknown key or a bad value raises
+    :class:`RecipeError` naming it.
+    """
+    given = {key: value for key, value in flags.items() if value is not None}
+    if recipe is None and given.get("data"):
+        values: dict[str, Any] = {"name": Path(given["data"]).name or "run"}
+    else:
+        values = load_recipe(find_recipe(str(recipe or DEFAULT_RECIPE)))
+    if is_schedule_file(given.get("preset")) and "budget" not in given:
+        values.pop("budget", None)
+    values.update(given)
+    values.setdefault("output", str(Path("runs") / values.get("name", "run")))
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise RecipeError(f"bad setting: {', '.join(unknown)} is not a TrainConfig field")
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def is_schedule_file(preset: str | None) -> bool:
+    """Whether ``preset`` names a schedule file rather than a preset."""
+    return preset is not None and preset not in PRESETS and Path(preset).is_file()
+
+
+def _read_yaml_mapping(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise RecipeError(f"--recipe {path}: no such file; see pipelines/ for the recipes")
     try:

@@ -1,19 +1,47 @@
-"""Processes and devices of a run: the process group torchrun describes, the rank that writes
-files, the device and the thread count of each process, and the few collectives the trainer
-needs (every rank must stop at the same step and see the same demo set)."""
+"""Processes and devices of a run: the relaunch under torchrun (``etpp train --nproc N``), the
+process group torchrun describes, the rank that writes files, the device and the thread count of
+each process, and the few collectives the trainer needs (every rank must stop at the same step
+and see the same demo set)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import subprocess
+import sys
+from typing import Any, Sequence
 
 import torch
 
 from etpp_dali.train.config import RecipeError
+from etpp_dali.util.devices import resolve_device
 from etpp_dali.util.threads import usable_cores
 
 __all__ = ["agree_any", "broadcast_from_rank0", "cuda_index_for_rank", "init_from_env", "is_distributed", "is_rank0",
-           "sum_over_ranks", "threads_per_process", "train_device", "world_size"]
+           "needs_launch", "run_under_torchrun", "sum_over_ranks", "threads_per_process", "torchrun_command",
+           "train_device", "world_size"]
+
+
+def needs_launch(nproc: int | None) -> bool:
+    """Whether ``--nproc`` asks for processes that no launcher has started (torchrun sets
+    WORLD_SIZE in the environment of each process it starts)."""
+    return nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ
+
+
+def torchrun_command(nproc: int, train_args: Sequence[str]) -> list[str]:
+    """The command that runs ``etpp train`` with ``train_args`` in ``nproc`` processes on this
+    machine: ``python -m torch.distributed.run --standalone`` over ``python -m etpp_dali``.
+    ``train_args`` must not hold ``--nproc`` (each child would launch again)."""
+    if nproc < 1:
+        raise RecipeError(f"--nproc {nproc} must be >= 1")
+    if any(arg == "--nproc" or arg.startswith("--nproc=") for arg in train_args):
+        raise RecipeError("the arguments of the processes torchrun starts must not hold --nproc")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "etpp_dali", "train", *train_args]
+
+
+def run_under_torchrun(nproc: int, train_args: Sequence[str]) -> int:
+    """Run :func:`torchrun_command` and wait for it; returns its exit status."""
+    return subprocess.call(torchrun_command(nproc, train_args))
 
 
 def init_from_env() -> None:
@@ -37,8 +65,6 @@ def world_size() -> int:
 
 def train_device(name: str, amp: str) -> torch.device:
     """The device of this process for ``--device name`` (each rank its own GPU under DDP)."""
-    from etpp_dali.util.devices import resolve_device
-
     try:
         device = torch.device(resolve_device(name))
     except (ValueError, RuntimeError) as exc:

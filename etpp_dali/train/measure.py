@@ -36,7 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import torch
+
 from etpp_dali.curriculum.schedule import Curriculum, StageSpec
+from etpp_dali.data.demo import demo_dataset
+from etpp_dali.data.scan import DataError
+from etpp_dali.data.sources import open_source
+from etpp_dali.loader.loaders import CurriculumLoader
+from etpp_dali.train.config import RecipeError
+from etpp_dali.train.models import adapt_model_to_band, create_model
+from etpp_dali.util.devices import resolve_device
 
 __all__ = ["MeasureError", "Rates", "measure_step_rate", "measure_loader_rate", "measure_rates", "measure_schedule",
            "overlap_for", "seconds_per_epoch", "predict_schedule_time", "format_prediction"]
@@ -60,7 +69,8 @@ class Rates:
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "model": self.model, "train_images": self.train_images,
-                "step": [{"band": b, "batch": n, "images_per_s": round(r, 2)} for (b, n), r in sorted(self.step.items())],
+                "step": [{"band": b, "batch": n, "images_per_s": round(r, 2)}
+                         for (b, n), r in sorted(self.step.items())],
                 "loader": [{"band": b, "images_per_s": round(r, 2)} for b, r in sorted(self.loader.items())]}
 
     @classmethod
@@ -78,9 +88,6 @@ def overlap_for(device: str) -> str:
 # ------------------------------------------------------------------------------- timing
 def _build_model(name: str, num_classes: int) -> Any:
     """The model as training builds it (:func:`etpp_dali.train.models.create_model`), no drop path."""
-    from etpp_dali.train.config import RecipeError
-    from etpp_dali.train.models import create_model
-
     try:
         return create_model(name, num_classes, drop_path=0.0)
     except RecipeError as exc:
@@ -93,10 +100,6 @@ def measure_step_rate(model: str | Any, *, band: int, batch: int, device: str = 
     """Images/sec of one training step (forward, backward, AdamW step) at ``band x band`` and
     ``batch``; ``model`` is a timm name or a built module (reused across bands). Median of
     ``steps`` timed steps after ``warmup`` untimed ones."""
-    import torch
-
-    from etpp_dali.train.models import adapt_model_to_band
-
     dev = torch.device(device)
     net = (_build_model(model, num_classes) if isinstance(model, str) else model).to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -127,8 +130,6 @@ def measure_loader_rate(data: Any, *, band: int, resolution: int, batch: int, ma
     """Fresh images/sec of the curriculum loader at one band and magnitude: ``data`` is what
     :class:`~etpp_dali.loader.loaders.CurriculumLoader` takes (a path or a Source). Images over time
     of ``steps`` batches after ``warmup`` (the first builds the pipeline)."""
-    from etpp_dali.loader.loaders import CurriculumLoader
-
     cur = Curriculum([StageSpec(band, float(magnitude), 1.0)], budget=10_000, resolution=resolution, split="epochs")
     loader = CurriculumLoader(data, cur, batch_size=batch, device=device, num_threads=threads, verbose=False)
     try:
@@ -159,11 +160,6 @@ def measure_rates(curriculum: Curriculum, *, model: str, data: str | Path, batch
     """Time the model at every (band, batch) the schedule uses, plus the full resolution at
     ``batch`` (the baseline), and the loader at every band (at the highest magnitude the
     schedule gives that band). ``bands`` adds bands to time (the search's candidates)."""
-    import torch
-
-    from etpp_dali.data.sources import open_source
-    from etpp_dali.util.devices import resolve_device
-
     dev = resolve_device(device)
     if threads and dev == "cpu":
         torch.set_num_threads(threads)
@@ -303,10 +299,6 @@ def measure_schedule(curriculum: Curriculum, *, model: str | None, data: str | P
     """``etpp schedule --measure``: time ``model`` and the loader on ``data`` (default: the demo
     set) at the schedule's bands on ``device``, and predict its wall-clock. Returns
     ``{"rates", "prediction", "text"}``."""
-    from etpp_dali.data.demo import demo_dataset
-    from etpp_dali.data.scan import DataError
-    from etpp_dali.util.devices import resolve_device
-
     if not model:
         raise MeasureError("--measure needs --model NAME (a timm model, e.g. resnet50)")
     if batch < 1:

@@ -19,7 +19,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import timm
 import torch
+from timm.layers import resize_rel_pos_bias_table
 
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.train.config import RecipeError, TrainConfig
@@ -57,8 +59,6 @@ class ResizedTable:
 
     def resize(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor``, shaped as the table was, resized as the table was (for its optimiser state)."""
-        from timm.layers import resize_rel_pos_bias_table
-
         with torch.no_grad(), _quiet_timm_interpolation():
             return resize_rel_pos_bias_table(tensor, new_window_size=self.new_window, new_bias_shape=self.param.shape,
                                              old_window_size=self.old_window)
@@ -111,8 +111,6 @@ def model_at_band(model: torch.nn.Module, band: int) -> torch.nn.Module:
 
 def create_model(name: str, num_classes: int, drop_path: float) -> torch.nn.Module:
     """A timm model by name; ViT-like models get ``dynamic_img_size=True`` when they take it."""
-    import timm
-
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise RecipeError(f"--model {name!r} is not a timm model; see timm.list_models() "
                           "(e.g. resnet50, convnext_tiny, deit_small_patch16_224)")

@@ -15,7 +15,11 @@ import gc
 import math
 from typing import Any, Mapping
 
+import timm.optim
 import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.train.config import TrainConfig
@@ -33,9 +37,6 @@ class Optimisation:
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, curriculum: Curriculum, num_classes: int,
                  device: torch.device, global_batch: int | None = None) -> None:
-        import timm.optim
-        from timm.utils import ModelEmaV3
-
         self.cfg = cfg
         self.model = model
         self.device = device
@@ -167,9 +168,6 @@ def _resize_optimizer_state(optimizer: torch.optim.Optimizer, resized: list[Resi
 def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Any, torch.nn.Module]:
     """timm's batch mixup/cutmix with soft-target cross-entropy, or plain cross-entropy."""
     if cfg.mixup > 0 or cfg.cutmix > 0:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                       num_classes=num_classes)
         return mixup, SoftTargetCrossEntropy()

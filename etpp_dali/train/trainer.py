@@ -50,10 +50,11 @@ from etpp_dali.train.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from etpp_dali.train.config import RecipeError, TrainConfig, load_recipe
+from etpp_dali.train.config import RecipeError, TrainConfig
 from etpp_dali.train.data import open_train_data
 from etpp_dali.train.distributed import (
     agree_any,
+    init_from_env,
     is_distributed,
     is_rank0,
     threads_per_process,
@@ -63,20 +64,21 @@ from etpp_dali.train.distributed import (
 from etpp_dali.train.evaluation import evaluate
 from etpp_dali.train.models import build_model, model_band, unwrap_model
 from etpp_dali.train.optimisation import Optimisation
+from etpp_dali.train.progress import RunLog
 from etpp_dali.train.summary import summarize
 from etpp_dali.util.files import write_text_atomic
+from etpp_dali.util.plots import plot_training
 
-__all__ = ["TrainConfig", "RecipeError", "Trainer", "load_recipe", "train"]
+__all__ = ["SYNC_EVERY", "Trainer", "start_run", "train"]
 
 # Steps between reads of values kept on the device (the progress bar's loss, the ranks' stop
 # vote): each read makes the host wait for the GPU, which then runs dry until the host queues more.
 SYNC_EVERY = 20
-_TENSORBOARD_KEYS = ("loss", "lr", "images_per_s", "data_wait", "band", "magnitude", "top1", "top5", "ema_top1")
 
 
 class Trainer:
-    """Runs one training job from a :class:`TrainConfig`: the epoch loop, checkpoints, the metrics
-    log and the stop signals."""
+    """Runs one training job from a :class:`TrainConfig`: the epoch loop, checkpoints and the stop
+    signals; its reports go through a :class:`~etpp_dali.train.progress.RunLog`."""
 
     def __init__(self, cfg: TrainConfig, resume: str | bool | None = None) -> None:
         cfg.validate()
@@ -95,7 +97,8 @@ class Trainer:
         model, self.memory_format = build_model(cfg, self.curriculum, self.num_classes, self.device)
         self.optim = Optimisation(cfg, model, self.curriculum, self.num_classes, self.device, self.global_batch)
         self.history: list[dict[str, Any]] = []
-        self.tb = self._tensorboard() if cfg.tensorboard and self.rank0 else None
+        self.log = RunLog(self.out, rank0=self.rank0, progress=cfg.progress, tensorboard=cfg.tensorboard,
+                          total_epochs=self.curriculum.total_epochs)
         self.elapsed = 0.0
         self.stop_requested = False
         self.interrupted = False
@@ -104,13 +107,6 @@ class Trainer:
     def model(self) -> torch.nn.Module:
         """The model a step runs (its DDP wrapper under DDP, rebuilt at a band that resizes it)."""
         return self.optim.model
-
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise RecipeError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        return SummaryWriter(log_dir=str(self.out / "tensorboard"))
 
     # --------------------------------------------------------------------- checkpoints
     def state(self, partial: dict[str, Any] | None) -> dict[str, Any]:
@@ -153,22 +149,11 @@ class Trainer:
         if not self.rank0:
             return
         cur = self.curriculum
-        write_checkpoint({"config": dataclasses.asdict(self.cfg), "schedule": cur.state_dict(cur.position(stage.end_epoch)),
+        write_checkpoint({"config": dataclasses.asdict(self.cfg),
+                          "schedule": cur.state_dict(cur.position(stage.end_epoch)),
                           "model": unwrap_model(self.model).state_dict(), "band": model_band(self.model),
                           "ema": self.optim.ema.module.state_dict() if self.optim.ema else None,
                           "history": self.history}, self.out / f"stage{stage.index}.pt")
-
-    def _write_metrics(self, new_row: bool = True) -> None:
-        """Rewrite metrics.jsonl from the history; log the newest row to TensorBoard."""
-        if not self.rank0:
-            return
-        write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        if self.tb is not None and self.history and new_row:
-            row = self.history[-1]
-            for key in _TENSORBOARD_KEYS:
-                if row.get(key) is not None:
-                    self.tb.add_scalar(key, row[key], global_step=row["epoch"])
-            self.tb.flush()
 
     # ------------------------------------------------------------------------ signals
     def _handle_signals(self) -> None:
@@ -194,7 +179,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the end of the schedule (or until interrupted); returns the summary."""
         partial = self.load(self.resume_path) if self.resume_path else None
-        self._write_metrics(new_row=False)  # a resumed run's log matches its checkpoint
+        self.log.write_metrics(self.history, new_row=False)  # a resumed run's log matches its checkpoint
         self._handle_signals()
         self.interrupted = False
         try:
@@ -205,7 +190,7 @@ class Trainer:
                 if self.stop_requested and self.train_loader.step < self.train_loader.batches_in_epoch(epoch):
                     self._save_interrupted(sums)
                     break
-                self._print_epoch(self._end_epoch(epoch, stage, sums))
+                self.log.print_epoch(self._end_epoch(epoch, stage, sums))
                 if self.stop_requested:
                     self.interrupted = True
                     break
@@ -229,7 +214,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         micro, accum = loader.batches_in_epoch(epoch), self.accumulation(stage)
         steps = math.ceil(micro / accum)  # optimiser steps: what the LR and compute fraction count
-        bar = self._progress_bar(epoch, micro, loader.step)
+        bar = self.log.progress_bar(epoch, micro, loader.step)
         t_epoch, wait0 = time.perf_counter(), loader.wait_seconds
         for images, labels in loader:
             group, position = divmod(loader.step - 1, accum)
@@ -241,7 +226,7 @@ class Trainer:
             sums["seen"] += len(labels)
             bar.update(1)
             if not bar.disable and loader.step % SYNC_EVERY == 0:
-                self._show_progress(bar, stage, sums, loss_sum, time.perf_counter() - t_epoch)
+                self.log.show_progress(bar, stage, sums, loss_sum, time.perf_counter() - t_epoch)
             if last and self._should_stop(group + 1, steps):
                 break
         bar.close()
@@ -251,20 +236,6 @@ class Trainer:
         sums["wait"] += loader.wait_seconds - wait0
         self.elapsed += spent
         return sums
-
-    @staticmethod
-    def _show_progress(bar: Any, stage: Stage, sums: dict[str, Any], loss_sum: torch.Tensor, seconds: float) -> None:
-        seconds += sums["time"]
-        bar.set_postfix(img_s=f"{sums['seen'] / max(1e-9, seconds):.0f}",
-                        loss=f"{(sums['loss_sum'] + float(loss_sum)) / sums['seen']:.3f}", band=stage.band,
-                        m=f"{stage.magnitude:g}", stage=stage.index, refresh=False)
-
-    def _progress_bar(self, epoch: int, steps: int, initial: int) -> Any:
-        from tqdm import tqdm
-
-        shown = self.rank0 and self.cfg.progress and sys.stderr.isatty()
-        return tqdm(total=steps, initial=initial, disable=not shown, desc=f"epoch {epoch + 1}/{self.curriculum.total_epochs}",
-                    leave=False, dynamic_ncols=True)
 
     def _save_interrupted(self, sums: dict[str, Any]) -> None:
         self.save("last.pt", partial=sums)
@@ -297,20 +268,11 @@ class Trainer:
         self.save("last.pt")
         if epoch + 1 == stage.end_epoch:
             self._save_stage_weights(stage)
-        self._write_metrics()
+        self.log.write_metrics(self.history)
         return row
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         return evaluate(model, self.val_loader, self.curriculum.resolution, self.optim.autocast, self.device)
-
-    def _print_epoch(self, row: dict[str, Any]) -> None:
-        """A log file (stderr not a terminal) gets one line an epoch instead of a bar."""
-        if not (self.rank0 and self.cfg.progress) or sys.stderr.isatty():
-            return
-        top = f", top-1 {row['top1']:.1f}%" if "top1" in row else ""
-        print(f"epoch {row['epoch'] + 1}/{self.curriculum.total_epochs} stage {row['stage']} band {row['band']} "
-              f"m {row['magnitude']:g}: loss {row['loss']:.3f}, {row['images_per_s']:.0f} img/s{top}",
-              file=sys.stderr, flush=True)
 
     def summary(self) -> dict[str, Any]:
         """What ``summary.json`` holds (see :func:`etpp_dali.train.summary.summarize`)."""
@@ -319,8 +281,7 @@ class Trainer:
 
     def close(self) -> None:
         self.train_loader.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.log.close()
 
 
 def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict[str, Any]:
@@ -334,8 +295,18 @@ def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict[str, Any]:
         out = Path(cfg.output)
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         if trainer.history:
-            from etpp_dali.util.plots import plot_training
-
             plot_training(trainer.history, out / "curves.png",
                           title=f"{cfg.model}, {trainer.curriculum.name}, E = {trainer.curriculum.budget:g}")
     return summary
+
+
+def start_run(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """What ``etpp train`` runs once its settings are merged: refuse to write over the run in
+    ``cfg.output`` unless ``resume`` continues it, join the process group torchrun describes
+    (if any), and :func:`train` to the end."""
+    out = Path(cfg.output)
+    if not resume and (out / "last.pt").exists():
+        raise RecipeError(f"--output {out} holds a run already; pass --resume to continue it or choose another "
+                          "--output")
+    init_from_env()
+    return train(cfg, resume=str(out) if resume else None)
