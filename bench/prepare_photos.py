@@ -2,7 +2,7 @@
 every image resized so its shorter side is SIZE px (JPEG, quality 90), then split per class into
 train/ and val/ with a fixed seed (VAL_SHARE of each class to val/).
 
-Usage: python bench/prepare_photos.py SRC DST [--size 80] [--val-share 0.2] [--seed 0]
+Usage: python bench/prepare_photos.py SRC DST [--size 72] [--val-share 0.2] [--seed 0]
 SRC holds one folder per class, at any depth below it (e.g. TensorFlow's flower_photos, whose
 train/ and val/ folders of one public copy are merged here and split again).
 """
@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
-    parser.add_argument("--size", type=int, default=80)
+    parser.add_argument("--size", type=int, default=72)
     parser.add_argument("--val-share", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
