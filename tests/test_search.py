@@ -218,7 +218,7 @@ def test_cli_data_without_val_split(tmp_path):
     assert res.exit_code != 0 and "has no val/ split" in res.output and "--val-split" in res.output
     assert res.output.strip().count("\n") == 0
     res = _search_cli("--data", str(root), "--val-split", "0.25", "--resolution", "24", "--budget", "12",
-                      "--output", str(tmp_path / "s"), "--dry-run")
+                      "--output", str(tmp_path / "s"), "--dry-run", "--proxy-fraction", "0.5")
     assert res.exit_code == 0, res.output
     assert "4 of 6 training images" in res.output and "2 validation images" in res.output  # 1 a class held out
 
