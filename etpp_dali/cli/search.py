@@ -86,7 +86,8 @@ def _print_result(result: dict[str, Any]) -> None:
     click.echo("")
     click.echo(result["table"])
     click.echo(f"\nchosen bands {', '.join(map(str, result['bands']))}: proxy top-1 {result['top1']:.2f}% at the end "
-               f"of stage {result['scored_at']} (all at full resolution {result['reference_top1']:.2f}%)")
+               f"of stage {result['scored_at']} (all at full resolution {result['reference_top1']:.2f}% at the end of "
+               f"stage {result['trials'][0]['scored_at']})")
     click.echo(result["plan"]["spent"]["text"])
     click.echo(f"schedule: {result['schedule_file']}; trials: {result['trials_file']}; plot: {result['plot']}")
     click.echo(f"train it: {result['command']}")
