@@ -24,15 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeProxy:
-    """Top-1 from the bands: ``score(bands)``; records every schedule it is asked about."""
+    """Top-1 from the bands: ``score(bands)``; records every schedule it is asked about (and, in
+    ``stages``, the stage it was scored at: None for the end)."""
 
     def __init__(self, score):
         self.score = score
         self.calls: list[tuple[int, ...]] = []
+        self.stages: list[int | None] = []
 
-    def __call__(self, schedule: Curriculum) -> float:
+    def __call__(self, schedule: Curriculum, stage: int | None = None) -> float:
         bands = tuple(s.band for s in schedule.stages)
         self.calls.append(bands)
+        self.stages.append(stage)
         return self.score(bands)
 
 
@@ -215,7 +218,7 @@ def test_cli_data_without_val_split(tmp_path):
     assert res.exit_code != 0 and "has no val/ split" in res.output and "--val-split" in res.output
     assert res.output.strip().count("\n") == 0
     res = _search_cli("--data", str(root), "--val-split", "0.25", "--resolution", "24", "--budget", "12",
-                      "--output", str(tmp_path / "s"), "--dry-run")
+                      "--output", str(tmp_path / "s"), "--dry-run", "--proxy-fraction", "0.5")
     assert res.exit_code == 0, res.output
     assert "4 of 6 training images" in res.output and "2 validation images" in res.output  # 1 a class held out
 
@@ -223,6 +226,11 @@ def test_cli_data_without_val_split(tmp_path):
 def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path):
     out = tmp_path / "s"
     res = _search_cli("--output", str(out), "--dry-run")
+    assert res.exit_code == 0, res.output
+    # the demo's defaults: at most S + (S + n) x 2 = 38 stages a seed, each 0.25 x 1.2 full-resolution epochs
+    assert "at most 38 stages x 2 seed(s), each stage about 0.25 x 1.2 full-resolution epochs" in res.output
+    assert "at most 22.8 full-resolution epochs, 1.9 x one training run of the budget" in res.output
+    res = _search_cli("--output", str(out), "--dry-run", "--proxy-fraction", "0.5")
     assert res.exit_code == 0, res.output
     assert "at most 28 proxy runs (14 schedules x 2 seed(s)" in res.output  # S + n schedules, 2 seeds each
     assert "0.5 x 12 = 6 full-resolution epochs" in res.output
@@ -298,12 +306,13 @@ def test_proxy_top1_is_the_mean_over_its_seeds_and_each_seed_is_cached(demo_root
 
     trained = []
 
-    def fake_train(cfg, resume=None):
+    def fake_train(cfg, *, start, stop_stage, on_stage_end, val_batches):
         assert cfg.echo == "off"  # auto's factor follows timings: a proxy run must not
+        assert start is None and stop_stage == 1  # nothing to continue from; scored at the end
         trained.append(cfg.seed)
-        return {"top1": 50.0 + 10 * (cfg.seed - 3), "wall_s": 0.0}
+        return {"top1": 50.0 + 10 * (cfg.seed - 3), "wall_s": 0.0, "interrupted": False}
 
-    monkeypatch.setattr(etpp_dali.search.proxy, "train", fake_train)
+    monkeypatch.setattr(etpp_dali.search.proxy, "train_segment", fake_train)
     data = plan_proxy_data(demo_root, tmp_path, fraction=0.5, seed=0, val_split=None)
     cur = budget(4).build([16, 32], space(resolution=32, stages=2, candidates=[16, 24]))
     base = TrainConfig(model="test_resnet", resolution=32, seed=3, echo="auto")
@@ -385,7 +394,7 @@ def test_wall_clock_budget_times_each_band_at_the_batch_training_uses():
 def test_wall_clock_budget_measures_once_and_names_the_flag(demo_root, tmp_path):
     out = tmp_path / "search"
     args = ["--data", str(demo_root), *TINY[:4], "--stages", "2", "--candidates", "16,24", "--batch-size", "16",
-            "--threads", "2", "--output", str(out), "--dry-run"]
+            "--threads", "2", "--output", str(out), "--dry-run", "--proxy-fraction", "0.5"]
     res = _search_cli(*args, "--wall-clock-budget", "600")
     assert res.exit_code == 0, res.output
     assert "measuring test_resnet" in res.output and "predicted seconds per data epoch: B = 16" in res.output

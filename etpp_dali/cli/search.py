@@ -32,13 +32,18 @@ TRAIN_FLAGS = ("recipe", "data", "val_split", "model", "resolution", "baseline_b
 @click.option("--stages", type=int, default=10, show_default=True)
 @click.option("--candidates", default=None, help="Bands to try, in pixels at R (default: 96,128,160,192,224 "
               "scaled to R).")
-@click.option("--proxy-fraction", type=float, default=0.5, show_default=True,
+@click.option("--proxy-fraction", type=float, default=0.25, show_default=True,
               help="Share of the training set (and so of each run's cost) the proxy trains on.")
 @click.option("--proxy-seeds", type=int, default=2, show_default=True,
               help="Proxy runs (seeds) averaged per schedule: each seed costs one more run a schedule and "
               "lowers the run-to-run noise of the proxy top-1.")
 @click.option("--tolerance", type=float, default=0.5, show_default=True,
               help="Points of proxy top-1 a smaller band may lose against full resolution.")
+@click.option("--score-after", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Score a stage's candidates and its reference this many stages after it, at equal compute "
+              "(--stages or more: at the end of the budget).")
+@click.option("--proxy-val-images", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="At most this many validation images score the proxy (a fixed class-balanced draw).")
 @click.option("--batch-size", type=int, default=None, help="Global batch size per step.")
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--seed", type=int, default=None)
@@ -48,8 +53,8 @@ TRAIN_FLAGS = ("recipe", "data", "val_split", "model", "resolution", "baseline_b
 @click.option("--dry-run", is_flag=True, help="Print the proxy cost and stop.")
 @click.pass_context
 def search(ctx: click.Context, recipe: str | None, budget: float | None, wall_clock_budget: float | None, stages: int,
-           candidates: str | None, proxy_fraction: float, proxy_seeds: int, tolerance: float, output: str,
-           dry_run: bool, **flags: Any) -> None:
+           candidates: str | None, proxy_fraction: float, proxy_seeds: int, tolerance: float, score_after: int,
+           proxy_val_images: int, output: str, dry_run: bool, **flags: Any) -> None:
     """Search the bands of a schedule stage by stage with short proxy trainings; write a schedule
     file that `etpp train --preset FILE` takes."""
     from etpp_dali.curriculum.schedule import ScheduleError
@@ -62,7 +67,8 @@ def search(ctx: click.Context, recipe: str | None, budget: float | None, wall_cl
         cfg = merge_recipe(recipe, flags)
         space = SearchSpace.create(resolution=cfg.resolution, stages=stages, tolerance=tolerance, candidates=bands)
         result = run_search(cfg, space, output=output, budget=budget, wall_clock_budget=wall_clock_budget,
-                            proxy_fraction=proxy_fraction, proxy_seeds=proxy_seeds, dry_run=dry_run,
+                            proxy_fraction=proxy_fraction, proxy_seeds=proxy_seeds, score_after=score_after,
+                            val_images=proxy_val_images, dry_run=dry_run,
                             train_args=command_line(ctx.params, ctx.command, TRAIN_FLAGS), log=click.echo)
     except (SearchError, RecipeError, ScheduleError) as exc:
         fail(str(exc))
@@ -79,7 +85,9 @@ def search(ctx: click.Context, recipe: str | None, budget: float | None, wall_cl
 def _print_result(result: dict[str, Any]) -> None:
     click.echo("")
     click.echo(result["table"])
-    click.echo(f"\nchosen bands {', '.join(map(str, result['bands']))}: proxy top-1 {result['top1']:.2f}% "
-               f"(all at full resolution {result['reference_top1']:.2f}%)")
+    click.echo(f"\nchosen bands {', '.join(map(str, result['bands']))}: proxy top-1 {result['top1']:.2f}% at the end "
+               f"of stage {result['scored_at']} (all at full resolution {result['reference_top1']:.2f}% at the end of "
+               f"stage {result['trials'][0]['scored_at']})")
+    click.echo(result["plan"]["spent"]["text"])
     click.echo(f"schedule: {result['schedule_file']}; trials: {result['trials_file']}; plot: {result['plot']}")
     click.echo(f"train it: {result['command']}")

@@ -24,7 +24,9 @@ fixed patch size, ignoring attention's extra quadratic term).
 The compute of stage k, in full-resolution epochs, is ``n_k r_k (B_k/R)**alpha``; relative
 compute and speed-up are taken against a baseline budget (300 epochs by default, so the
 EfficientTrain++ speed-up is 300/E). Learning-rate warm-up and cosine decay follow the fraction
-of compute done (:meth:`Curriculum.compute_fraction`), not of data epochs.
+of compute done (:meth:`Curriculum.compute_fraction`), not of data epochs, over the schedule's
+own compute or, where it sets ``lr_compute``, over that much (the search's schedules span their
+budget E, so schedules that share their first stages share those stages' learning rates).
 
 The preset tables live in :mod:`etpp_dali.curriculum.presets`, the schedule file and the checks in
 :mod:`etpp_dali.curriculum.schedule_file`, the rounding above and the per-stage table in
@@ -99,12 +101,13 @@ class Curriculum:
         split: str = "compute",
         alpha: float = 2.0,
         baseline_budget: float = BASELINE_BUDGET,
+        lr_compute: float | None = None,
         name: str = "custom",
         source: str = "schedule",
         kind: str = "custom",
     ) -> None:
         check_schedule(source, stages, budget=budget, resolution=resolution, split=split, alpha=alpha,
-                       baseline_budget=baseline_budget)
+                       baseline_budget=baseline_budget, lr_compute=lr_compute)
         if kind not in KINDS:
             raise ScheduleError(f"{source}: kind = {kind!r}; use one of {', '.join(KINDS)}")
         self.name = name
@@ -114,6 +117,7 @@ class Curriculum:
         self.split = split
         self.alpha = float(alpha)
         self.baseline_budget = float(baseline_budget)
+        self.lr_compute = None if lr_compute is None else float(lr_compute)
         self.specs: tuple[StageSpec, ...] = tuple(stages)
         self.stages: tuple[Stage, ...] = resolve_stages(self.specs, budget=self.budget, resolution=resolution,
                                                         split=split, alpha=self.alpha)
@@ -169,12 +173,14 @@ class Curriculum:
             raise ScheduleError(f"{len(batches)} stage batches for {len(self.specs)} stages; give one a stage")
         specs = [replace(s, batch=b) for s, b in zip(self.specs, batches)]
         return Curriculum(specs, budget=self.budget, resolution=self.resolution, split=self.split, alpha=self.alpha,
-                          baseline_budget=self.baseline_budget, name=self.name, kind=self.kind)
+                          baseline_budget=self.baseline_budget, lr_compute=self.lr_compute, name=self.name,
+                          kind=self.kind)
 
     def to_dict(self) -> dict[str, Any]:
         """The schedule as a mapping that :meth:`from_dict` reads back to an equal schedule."""
+        span = {} if self.lr_compute is None else {"lr_compute": self.lr_compute}  # absent: older fingerprints hold
         return {"name": self.name, "budget": self.budget, "resolution": self.resolution, "split": self.split,
-                "alpha": self.alpha, "baseline_budget": self.baseline_budget,
+                "alpha": self.alpha, "baseline_budget": self.baseline_budget, **span,
                 "stages": [asdict(s) for s in self.specs]}
 
     def fingerprint(self) -> str:
@@ -240,13 +246,18 @@ class Curriculum:
         inside = (epoch - stage.start_epoch) + min(max(step, 0), steps_per_epoch) / max(steps_per_epoch, 1)
         return before + inside * stage.replay * step_cost(stage.band, self.resolution, self.alpha)
 
+    @property
+    def lr_span(self) -> float:
+        """The compute the LR schedule spans: ``lr_compute`` where set, else the whole schedule's."""
+        return self.lr_compute if self.lr_compute is not None else self.total_compute
+
     def compute_fraction(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
-        """Fraction of the schedule's compute done at (epoch, step): what LR schedules follow."""
-        return self.compute_done(epoch, step, steps_per_epoch) / self.total_compute
+        """Fraction of :attr:`lr_span` done at (epoch, step): what LR schedules follow."""
+        return self.compute_done(epoch, step, steps_per_epoch) / self.lr_span
 
     def warmup_fraction(self, warmup_epochs: float = 20.0) -> float:
-        """Compute fraction covered by ``warmup_epochs`` full-resolution epochs of warm-up."""
-        return min(1.0, warmup_epochs / self.total_compute)
+        """Fraction of :attr:`lr_span` covered by ``warmup_epochs`` full-resolution epochs of warm-up."""
+        return min(1.0, warmup_epochs / self.lr_span)
 
     def stage_boundaries(self) -> list[int]:
         """First data epoch of each stage."""

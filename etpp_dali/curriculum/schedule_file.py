@@ -8,6 +8,7 @@ A schedule file::
     split: compute       # compute (EfficientTrain++) or epochs (EfficientTrain)
     alpha: 2             # a step at band B costs (B/R)^alpha of a full-resolution step
     baseline_budget: 300 # the full-resolution baseline that speed-ups are taken against
+    lr_compute: 200      # optional: the compute (full-resolution epochs) the LR warm-up and cosine span
     name: my-schedule
     stages:              # shares (of the budget) default to equal
       - {band: 96, magnitude: 0}
@@ -38,7 +39,7 @@ REFERENCE_RESOLUTION = 224  # the resolution at which the presets' bands are giv
 MIN_BAND = 16
 SPLITS = ("compute", "epochs")
 _SHARE_TOLERANCE = 1e-6
-_FILE_KEYS = ("stages", "budget", "resolution", "split", "alpha", "baseline_budget", "name")
+_FILE_KEYS = ("stages", "budget", "resolution", "split", "alpha", "baseline_budget", "lr_compute", "name")
 _STAGE_KEYS = ("band", "magnitude", "share", "replay", "buffer", "batch")
 
 
@@ -129,6 +130,8 @@ def parse_schedule(data: Any, *, source: str = "schedule", resolution: int | Non
         "split": data.get("split", "compute"),
         "alpha": data.get("alpha", 2.0),
         "baseline_budget": data.get("baseline_budget", BASELINE_BUDGET),
+        # the span belongs to the file's budget: a --budget override spans its own compute
+        "lr_compute": data.get("lr_compute") if budget is None else None,
         "name": str(data.get("name", Path(source).stem if source != "schedule" else "custom")),
         "source": source,
     }
@@ -155,10 +158,12 @@ def _parse_stages(source: str, raw_stages: list[Any], resolution: int) -> list[S
 
 # ---------------------------------------------------------------------------- validation
 def check_schedule(source: str, stages: Sequence[StageSpec], *, budget: Any, resolution: Any, split: Any,
-                   alpha: Any, baseline_budget: Any) -> None:
+                   alpha: Any, baseline_budget: Any, lr_compute: Any = None) -> None:
     """Raise :class:`ScheduleError` naming ``source``, the field and the value of the first
     setting that makes no schedule."""
     _check_number(source, "budget", budget, low=0.0, open_low=True)
+    if lr_compute is not None:
+        _check_number(source, "lr_compute", lr_compute, low=0.0, open_low=True)
     _check_number(source, "baseline_budget", baseline_budget, low=0.0, open_low=True)
     _check_number(source, "alpha", alpha, low=0.0, open_low=True)
     if not _is_int(resolution) or resolution < MIN_BAND:

@@ -2,7 +2,8 @@
 
 In import order (each module imports only those before it): what is searched (:mod:`.space`),
 what a schedule may spend (:mod:`.budget`), the pure search over any ``proxy(schedule) -> top1``
-callable (:mod:`.sequential`), the proxy training on a seeded subset (:mod:`.proxy`), the files a
+callable (:mod:`.sequential`), one proxy run continued from another's stage end and stopped at
+a stage end (:mod:`.segments`), the proxy training on a seeded subset (:mod:`.proxy`), the files a
 search writes (:mod:`.report`), the wall-clock budget measured on this machine
 (:mod:`.wallclock`) and the command put together (:mod:`.run`).
 """

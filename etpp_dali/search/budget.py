@@ -22,8 +22,11 @@ written with its data epochs (``split: epochs``), so ``etpp train --preset FILE`
 exactly what was scored.
 
 So every candidate schedule spends the budget less at most one data epoch of its last stage,
-and candidates are compared at (nearly) equal cost. A schedule is *affordable* when every stage
-gets at least one whole data epoch; a candidate the budget cannot afford is never run.
+and candidates are compared at (nearly) equal cost. With ``--budget`` the learning rate of every
+schedule spans E (``lr_compute: E`` in the file), so it is the same over two schedules' common
+first stages; with ``--wall-clock-budget`` it spans each schedule's own compute. A schedule is
+*affordable* when every stage gets at least one whole data epoch; a candidate the budget cannot
+afford is never run.
 """
 
 from __future__ import annotations
@@ -80,7 +83,12 @@ class _StageBudget:
         total = sum(epochs)
         specs = [StageSpec(int(b), m, n / total) for b, m, n in zip(bands, space.magnitudes(), epochs)]
         return Curriculum(specs, budget=total, resolution=space.resolution, split="epochs", alpha=self.alpha,
-                          baseline_budget=self.baseline_budget, name=self.name)
+                          baseline_budget=self.baseline_budget, lr_compute=self.lr_compute, name=self.name)
+
+    @property
+    def lr_compute(self) -> float | None:
+        """The compute the LR of every schedule spans (None: each schedule's own)."""
+        return None
 
     def cost(self, schedule: Curriculum) -> float:
         """What ``schedule`` spends, in the budget's unit."""
@@ -101,6 +109,13 @@ class ComputeBudget(_StageBudget):
 
     def epoch_cost(self, band: int, resolution: int) -> float:
         return (band / resolution) ** self.alpha
+
+    @property
+    def lr_compute(self) -> float:
+        """E: every schedule's LR spans the budget, not its own compute (which falls short of E by
+        less than one data epoch of its last stage), so the LR of a stage depends on the stages
+        before it alone and a candidate may continue from the accepted path's checkpoint."""
+        return self.total
 
     def describe(self, space: SearchSpace) -> str:
         return (f"budget: E = {self.total:g} full-resolution epochs of compute, {self.total / space.stages:.3g} a "

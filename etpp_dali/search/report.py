@@ -15,7 +15,7 @@ from etpp_dali.util.plots import pyplot, save_figure
 __all__ = ["TABLE_COLUMNS", "plot_search", "schedule_bands", "schedule_yaml", "trial_line", "trial_rows",
            "trials_table"]
 
-TABLE_COLUMNS = ["stage", "band", "bands", "result", "top1", "reference_top1", "compute", "proxy_cost",
+TABLE_COLUMNS = ["stage", "band", "bands", "result", "scored_at", "top1", "reference_top1", "compute", "proxy_cost",
                  "cumulative_proxy_cost"]
 
 
@@ -30,17 +30,17 @@ def schedule_bands(schedule: Curriculum) -> str:
     return ",".join(str(s.band) for s in schedule.stages)
 
 
-def trial_rows(trials: Sequence[Trial], fraction: float) -> list[dict[str, Any]]:
-    """One row a trial, with its outcome, what its proxy run cost (``fraction`` of its
-    schedule's cost) and the search's cost so far, in the budget's unit."""
+def trial_rows(trials: Sequence[Trial], fraction: float, seeds: int = 1) -> list[dict[str, Any]]:
+    """One row a trial, with its outcome, what its proxy runs trained (``fraction`` of the
+    stages it trained, times ``seeds``) and the search's cost so far, in the budget's unit."""
     rows, spent = [], 0.0
     for t in trials:
         row = t.to_dict()
         row["result"] = ("unaffordable" if t.status == "unaffordable" else "reference" if t.role == "reference"
                          else "accepted" if t.accepted else "rejected")
         if t.cost is not None:
-            row["proxy_cost"] = round(fraction * t.cost, 3)
-            spent += fraction * t.cost
+            row["proxy_cost"] = round(fraction * seeds * t.cost, 3)
+            spent += fraction * seeds * t.cost
         row["cumulative_proxy_cost"] = round(spent, 3)
         rows.append(row)
     return rows
@@ -90,6 +90,7 @@ def trial_line(trial: Trial, seconds: float) -> str:
     where = f"stage {trial.stage} {trial.role} B = {trial.band}"
     if trial.status == "unaffordable":
         return f"{where}: skipped, the budget cannot afford it"
+    where += f" (scored at the end of stage {trial.scored_at})"
     if trial.role == "reference":
         return f"{where}: proxy top-1 {trial.top1:.2f}% ({seconds:.0f} s)"
     verdict = "accepted" if trial.accepted else "rejected"

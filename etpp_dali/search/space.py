@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from etpp_dali.curriculum.schedule_file import MIN_BAND, scale_band
 
-__all__ = ["DEFAULT_CANDIDATES", "SearchError", "SearchSpace", "Trial", "max_proxy_runs"]
+__all__ = ["DEFAULT_CANDIDATES", "SearchError", "SearchSpace", "Trial", "max_proxy_runs", "max_proxy_stages"]
 
 DEFAULT_CANDIDATES = (96, 128, 160, 192, 224)  # at 224 px; scaled to the resolution
 
@@ -66,6 +66,16 @@ def max_proxy_runs(space: SearchSpace) -> int:
     return space.stages + len(space.candidates)
 
 
+def max_proxy_stages(space: SearchSpace, score_after: int | None) -> int:
+    """An upper bound on the stages the proxy runs train, per seed, when every candidate continues
+    from the accepted path and is scored ``score_after`` stages after its own (None: at the end):
+    the accepted path at most once (``S``), and each of the ``S + n`` candidate runs at most
+    ``score_after + 1`` stages; never more than ``S + n`` whole runs from scratch."""
+    S = space.stages
+    per_candidate = S if score_after is None else min(S, score_after + 1)
+    return min(S + max_proxy_runs(space) * per_candidate, max_proxy_runs(space) * S)
+
+
 @dataclass
 class Trial:
     """One schedule the search considered: a stage's reference or one of its candidates."""
@@ -79,7 +89,8 @@ class Trial:
     reference_top1: float | None = None
     accepted: bool = False
     compute: float | None = None    # the schedule's compute, full-resolution epochs
-    cost: float | None = None       # the schedule's cost in the budget's unit
+    cost: float | None = None       # what its proxy run trained, in the budget's unit (per seed, whole data set)
+    scored_at: int | None = None    # the stage at whose end its proxy top-1 was taken
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
