@@ -27,6 +27,7 @@ class TrainData:
     train_loader: Any  # loader.CurriculumLoader
     val_loader: Any    # loader.ValidationLoader
     num_classes: int
+    memory_loader: Any = None  # MAE: the training images at full resolution, for the k-NN monitor
 
 
 def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.device, threads: int) -> TrainData:
@@ -38,10 +39,14 @@ def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.devi
     # batch_size is per device; a stage's own batch comes from the curriculum (Stage.batch)
     train_loader = CurriculumLoader(train_src, curriculum, cfg.batch_size, device=str(device), num_threads=threads,
                                     seed=cfg.seed, lowpass=cfg.lowpass, channels_last=cfg.channels_last,
-                                    verbose=is_rank0(), **echo_options(cfg))
+                                    randaugment=cfg.task != "mae", verbose=is_rank0(), **echo_options(cfg))
     val_loader = ValidationLoader(val_src, curriculum.resolution, cfg.batch_size, device=str(device),
                                   num_threads=threads, channels_last=cfg.channels_last, verbose=is_rank0())
-    return TrainData(root, train_loader, val_loader, len(train_src.classes))
+    memory_loader = None
+    if cfg.task == "mae":  # MAE sees random-resized crops and flips only: RandAugment is off above
+        memory_loader = ValidationLoader(train_src, curriculum.resolution, cfg.batch_size, device=str(device),
+                                         num_threads=threads, channels_last=cfg.channels_last, verbose=False)
+    return TrainData(root, train_loader, val_loader, len(train_src.classes), memory_loader)
 
 
 def echo_options(cfg: TrainConfig) -> dict[str, Any]:
