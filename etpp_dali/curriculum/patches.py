@@ -45,8 +45,9 @@ def patch_curriculum(cur: Curriculum, patch: int, *, augment: bool = True) -> Cu
     specs = []
     for index, spec in enumerate(cur.specs):
         if not rounds and spec.band % patch:
+            nearest = round_band(spec.band, patch, cur.resolution)
             raise ScheduleError(f"{cur.name}: stage {index}'s band {spec.band} is not a multiple of the patch size "
-                                f"{patch}; give bands of k x {patch} (e.g. {round_band(spec.band, patch, cur.resolution)})")
+                                f"{patch}; give bands of k x {patch} (e.g. {nearest})")
         band = round_band(spec.band, patch, cur.resolution) if rounds else spec.band
         specs.append(replace(spec, band=band, magnitude=spec.magnitude if augment else 0.0))
     return Curriculum(specs, budget=cur.budget, resolution=cur.resolution, split=cur.split, alpha=cur.alpha,

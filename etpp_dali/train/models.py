@@ -158,7 +158,8 @@ def wrap_for_ranks(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
 
 
 def build_model(cfg: TrainConfig, curriculum: Curriculum, num_classes: int, device: torch.device,
-                prepare: Callable[[torch.nn.Module], None] | None = None) -> tuple[torch.nn.Module, torch.memory_format]:
+                prepare: Callable[[torch.nn.Module], None] | None = None,
+                ) -> tuple[torch.nn.Module, torch.memory_format]:
     """The run's model on ``device``, set for the schedule's first band and DDP-wrapped when a
     process group is up, checked at every band the schedule trains at and at the full
     resolution; returns it with its memory format. A ViT given ``cfg.patch_size`` gets that
