@@ -18,7 +18,7 @@ from etpp_dali.curriculum.patches import mae_curriculum, patch_curriculum, round
 from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
 from etpp_dali.train.config import RecipeError, TrainConfig, merge_recipe
 from etpp_dali.train.knn import knn_hits
-from etpp_dali.train.mae import MaskedAutoencoder, vit_encoder
+from etpp_dali.train.mae import MaskedAutoencoder, build_mae, vit_encoder
 from etpp_dali.train.trainer import Trainer, train
 
 pytest.importorskip("nvidia.dali")
@@ -110,10 +110,8 @@ def test_position_embeddings_follow_the_band_and_hog_targets_fit_the_head():
     for band in (16, 24, 40, 64):
         assert torch.isfinite(model(torch.randn(2, 3, band, band)))
         assert model.features(torch.randn(2, 3, band, band)).shape == (2, 64)
+    cfg = TrainConfig(task="mae", model="test_vit", patch_size=4, mae_target="hog", resolution=32, budget=2)
     with pytest.raises(RecipeError, match="multiple of the 8-px HOG cell"):
-        from etpp_dali.train.mae import build_mae
-
-        cfg = TrainConfig(task="mae", model="test_vit", patch_size=4, mae_target="hog", resolution=32, budget=2)
         build_mae(cfg, cfg.curriculum(), torch.device("cpu"))
 
 
