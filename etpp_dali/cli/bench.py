@@ -195,15 +195,16 @@ def bench_mae_cmd(recipe: str, budget: float | None, ratio: float, seeds: str, f
     try:
         base = merge_recipe(recipe, {"budget": budget, "threads": threads, "progress": False})
         if base.task != "mae":
-            fail(f"--recipe {recipe}: not an MAE recipe (task: {base.task}); use e.g. mae_demo")
+            raise RecipeError(f"--recipe {recipe}: not an MAE recipe (task: {base.task}); use e.g. mae_demo")
         doc = bench_mae(base, out, seeds=_seeds(seeds), ratio=ratio, finetune_recipe=finetune_recipe,
                         finetune_budget=finetune_budget)
     except RecipeError as exc:
         fail(str(exc))
-    if plot:
-        plot_curves(doc["curves"], plot, "pre-training wall-clock (min; evaluation excluded)", "k-NN top-1 (%)",
-                    "MAE: ET++ against the baseline")
     _emit({"benchmark": "mae", **doc}, json_path, mae_tables(doc))
+    if plot:
+        written = plot_curves(doc["curves"], plot, "pre-training wall-clock (min; evaluation excluded)",
+                              "k-NN top-1 (%)", "MAE: ET++ against the baseline")
+        click.echo(f"plot written to {written}")
 
 
 def _seeds(text: str) -> list[int]:

@@ -118,6 +118,17 @@ def _add_stage_batches(summary: dict, cur: Curriculum, batch_size: int, global_b
     return resolved
 
 
+def _extra_columns(summary: dict) -> list[tuple[str, int, str, str]]:
+    """The columns after the fixed ones: (title, width, row key, format) of the stage batches
+    (with --batch-size) and of the MAE tokens (with --mae-patch)."""
+    columns = []
+    if "global_batch" in summary:
+        columns += [("batch", 6, "batch", ""), ("accum", 5, "accumulation", "")]
+    if "mae_patch" in summary:
+        columns += [("tokens", 6, "tokens", ""), ("visible", 7, "visible", ""), ("cost", 6, "step_cost", ".3f")]
+    return columns
+
+
 def _print_schedule(cur: Curriculum, summary: dict) -> None:
     """The table ``etpp schedule`` prints (and the --measure report under it)."""
     batches = "global_batch" in summary
@@ -131,17 +142,15 @@ def _print_schedule(cur: Curriculum, summary: dict) -> None:
                    "accum: micro-batches per optimiser step")
     header = (f"{'stage':>5} {'band':>5} {'mag':>5} {'replay':>6} {'epochs':>7} {'epoch range':>13} {'compute':>8} "
               f"{'cumul.':>7}")
-    header += f" {'batch':>6} {'accum':>5}" if batches else ""
-    header += f" {'tokens':>6} {'visible':>7} {'cost':>6}" if "mae_patch" in summary else ""
+    extra = _extra_columns(summary)
+    header += "".join(f" {title:>{width}}" for title, width, _, _ in extra)
     click.echo(header)
     click.echo("-" * len(header))
     for row in summary["stages"]:
         rng = f"{row['start_epoch']}-{row['end_epoch'] - 1}" if row["epochs"] else "-"
         line = (f"{row['stage']:>5} {row['band']:>5} {row['magnitude']:>5g} {row['replay']:>6} "
                 f"{row['epochs']:>7} {rng:>13} {row['compute_share']:>8.1%} {row['cumulative_compute']:>7.1%}")
-        line += f" {row['batch']:>6} {row['accumulation']:>5}" if batches else ""
-        line += f" {row['tokens']:>6} {row['visible']:>7} {row['step_cost']:>6.3f}" if "mae_patch" in summary else ""
-        click.echo(line)
+        click.echo(line + "".join(f" {format(row[key], spec):>{width}}" for _, width, key, spec in extra))
     click.echo("-" * len(header))
     click.echo(f"data epochs {summary['data_epochs']}, compute {summary['total_compute']:.1f} full-res epochs, "
                f"relative compute {summary['relative_compute']:.3f} of a {summary['baseline_budget']:g}-epoch "
