@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from etpp_dali.cli import main
 from etpp_dali.curriculum.patches import mae_curriculum, patch_curriculum, round_band, token_table
 from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
-from etpp_dali.train.config import RecipeError, TrainConfig, merge_recipe
+from etpp_dali.train.config import RecipeError, TrainConfig, load_recipe, merge_recipe
 from etpp_dali.train.knn import knn_hits
 from etpp_dali.train.mae import MaskedAutoencoder, build_mae, vit_encoder
 from etpp_dali.train.trainer import Trainer, train
@@ -80,6 +80,20 @@ def test_the_schedule_command_shows_tokens_and_relative_compute():
     assert lines[1][1] == "224" and lines[1][-3:] == ["196", "49", "1.000"]
     res = CliRunner().invoke(main, ["schedule", "--mae-patch", "16", "--resolution", "200"])
     assert res.exit_code != 0 and "not a multiple of the patch size 16" in res.output
+
+
+def test_the_mae_recipes():
+    rows = {name: TrainConfig(**load_recipe(ROOT / "pipelines" / f"{name}.yaml"))
+            for name in ("mae_demo", "mae_vit_base_etpp", "mae_vit_base_baseline")}
+    etpp, base = rows["mae_vit_base_etpp"], rows["mae_vit_base_baseline"]
+    assert etpp.model == base.model == "vit_base_patch16_224" and etpp.vit_patch() == 16
+    assert etpp.mae_target == base.mae_target == "hog" and etpp.mask_ratio == base.mask_ratio == 0.75
+    assert etpp.curriculum().total_compute == pytest.approx(400, abs=0.5) and base.curriculum().total_compute == 400
+    assert etpp.curriculum().relative_compute() == pytest.approx(0.25, abs=0.001)  # against MAE's 1,600 epochs
+    assert etpp.learning_rate(4096) == base.learning_rate(4096) == pytest.approx(1.5e-4 * 16)
+    demo = rows["mae_demo"].curriculum()
+    assert demo.resolution == 64 and all(s.band % 8 == 0 and s.magnitude == 0 for s in demo.stages)
+    assert all(r.reprob == 0 and r.mixup == 0 for r in rows.values())
 
 
 # --------------------------------------------------------------------------------- the model
