@@ -19,6 +19,7 @@ from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
 from etpp_dali.train.config import RecipeError, TrainConfig, load_recipe, merge_recipe
 from etpp_dali.train.knn import knn_hits
 from etpp_dali.train.mae import MaskedAutoencoder, build_mae, vit_encoder
+from etpp_dali.train.models import create_model
 from etpp_dali.train.trainer import Trainer, train
 
 pytest.importorskip("nvidia.dali")
@@ -167,6 +168,8 @@ def test_a_cnn_given_to_mae_is_a_one_line_error(demo_root, tmp_path):
                                     "--output", str(tmp_path / "cnn")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert res.output.strip().count("\n") == 0 and "pre-trains a ViT" in res.output
+    with pytest.raises(RecipeError, match="--model test_resnet does not take patch_size = 8, img_size = 32"):
+        create_model("test_resnet", 4, 0.0, patch_size=8, img_size=32)
     with pytest.raises(RecipeError, match="mixup and cutmix do not apply"):
         TrainConfig(task="mae", model="test_vit", mixup=0.8).validate()
     with pytest.raises(RecipeError, match="--linear-probe trains a head on a pre-trained encoder"):

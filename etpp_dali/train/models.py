@@ -121,7 +121,14 @@ def create_model(name: str, num_classes: int, drop_path: float, **overrides: Any
     try:
         return timm.create_model(name, dynamic_img_size=True, **kwargs)
     except TypeError:  # the model does not take dynamic_img_size (convnets)
+        pass
+    try:
         return timm.create_model(name, **kwargs)
+    except TypeError as exc:  # nor the overrides (a convnet given a patch_size)
+        if not overrides:
+            raise
+        given = ", ".join(f"{k} = {v}" for k, v in overrides.items())
+        raise RecipeError(f"--model {name} does not take {given} (a ViT's settings): {exc}") from None
 
 
 def check_model_takes_bands(model: torch.nn.Module, bands: list[int], device: torch.device,
