@@ -32,7 +32,8 @@ def bench() -> None:
 def bench_op_cmd(device: str, backends: str, bands: str, input_size: int, batch_size: int, layout: str, dtype: str,
                  threads: int | None, json_path: str | None) -> None:
     """The Fourier crop alone: images/sec per backend and band (and against a copy on CUDA)."""
-    from etpp_dali.bench.record import bench_op, markdown_table
+    from etpp_dali.bench.crop import bench_op
+    from etpp_dali.bench.record import markdown_table
 
     backend_list = [b.strip() for b in backends.split(",") if b.strip()]
     for b in backend_list:
@@ -58,7 +59,8 @@ def bench_op_cmd(device: str, backends: str, bands: str, input_size: int, batch_
 def bench_crop_cmd(data_dir: str, bands: str, resolution: int, batch_size: int, threads: int, rounds: int,
                    json_path: str | None) -> None:
     """Decode, random crop, flip, then the exact crop vs the resize to B, in one DALI CPU run."""
-    from etpp_dali.bench.record import bench_crop_pipeline, markdown_table
+    from etpp_dali.bench.crop import bench_crop_pipeline
+    from etpp_dali.bench.record import markdown_table
     from etpp_dali.data.scan import DataError, scan_dataset
 
     band_list = int_list(bands, "--bands")

@@ -1,20 +1,27 @@
-"""PNG figures: the schedule, training curves, benchmark bars. Matplotlib with the Agg backend."""
+"""PNG figures: the schedule, training curves, benchmark bars. Matplotlib with the Agg backend.
+
+The schedule's figure reads a :class:`~etpp_dali.curriculum.schedule.Curriculum` it is given
+(util imports no wing: the name is for type checkers only).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from etpp_dali.curriculum.schedule import Curriculum
+import matplotlib
+import matplotlib.pyplot as plt
+
 from etpp_dali.util.files import atomic_path
 
+if TYPE_CHECKING:
+    from etpp_dali.curriculum.schedule import Curriculum
 
-def pyplot():
-    import matplotlib
 
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: training machines have no display, and a
+    figure is only ever written to a file."""
+    matplotlib.use("Agg")
     return plt
 
 
