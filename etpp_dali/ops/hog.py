@@ -36,7 +36,7 @@ def hog_cells(images: torch.Tensor, orientations: int = HOG_ORIENTATIONS, cell: 
     magnitude = torch.hypot(g_col, g_row)
     angle = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0
     edges = torch.arange(1, orientations, dtype=x.dtype, device=x.device) * (180.0 / orientations)
-    bins = torch.bucketize(angle, edges, right=True)  # bin i holds edges[i-1] <= angle < edges[i]
+    bins = torch.bucketize(angle.contiguous(), edges, right=True)  # bin i holds edges[i-1] <= angle < edges[i]
     n, c, h, w = x.shape
     rows, cols = h // cell * cell, w // cell * cell
     magnitude, bins = magnitude[..., :rows, :cols], bins[..., :rows, :cols]
