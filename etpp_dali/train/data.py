@@ -4,7 +4,7 @@ curriculum and validation loaders over them, each rank reading its own shard."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class TrainData:
     train_loader: CurriculumLoader
     val_loader: ValidationLoader
     num_classes: int
+    memory_loader: ValidationLoader | None = None  # MAE: the training images at full resolution, for the k-NN monitor
 
 
 def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.device, threads: int) -> TrainData:
@@ -42,7 +43,10 @@ def open_train_data(cfg: TrainConfig, curriculum: Curriculum, device: torch.devi
     settings = loader_settings(cfg, device, threads)
     train_loader = CurriculumLoader(train_src, curriculum, settings=settings)
     val_loader = ValidationLoader(val_src, curriculum.resolution, settings=settings)
-    return TrainData(root, train_loader, val_loader, len(train_src.classes))
+    memory_loader = None
+    if cfg.task == "mae":  # the k-NN monitor's memory bank: the training images, read as validation reads
+        memory_loader = ValidationLoader(train_src, curriculum.resolution, settings=replace(settings, verbose=False))
+    return TrainData(root, train_loader, val_loader, len(train_src.classes), memory_loader)
 
 
 def loader_settings(cfg: TrainConfig, device: torch.device, threads: int) -> LoaderSettings:
@@ -52,7 +56,8 @@ def loader_settings(cfg: TrainConfig, device: torch.device, threads: int) -> Loa
     buffer_mb = cfg.echo_buffer_mb if cfg.echo_buffer_mb is not None else DEFAULT_ECHO_BUFFER_MB
     return LoaderSettings(batch_size=cfg.batch_size, device=str(device), num_threads=threads, seed=cfg.seed,
                           lowpass=cfg.lowpass, channels_last=cfg.channels_last, echo=cfg.loader_echo(),
-                          echo_max=cfg.echo_max, echo_buffer_mb=buffer_mb, reprob=cfg.reprob, verbose=is_rank0())
+                          echo_max=cfg.echo_max, echo_buffer_mb=buffer_mb, reprob=cfg.reprob, verbose=is_rank0(),
+                          randaugment=cfg.task != "mae")  # MAE: random-resized crops and flips only
 
 
 def data_root(cfg: TrainConfig) -> Path:
