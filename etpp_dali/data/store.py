@@ -10,6 +10,7 @@ is said so and rebuilt; an index that went stale under a process is said so and 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import sys
@@ -84,7 +85,18 @@ def load_index(path: Path, what: str, check: Callable[[MappedIndex], str | None]
         print(f"etpp: {path.parent}: cannot write the index ({exc.strerror or exc}); indexing {what} in memory",
               file=sys.stderr)
         return _in_memory(built if built is not None else _settled(build, old))
+    built = old = None
+    _release_heap()
     return read_index(path, verify_data=False)
+
+
+def _release_heap() -> None:
+    """Give the scan's freed memory back to the system: glibc keeps freed heap pages for reuse,
+    which would leave the process that built an index holding far more than one that maps it."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _settled(build: Build, old: MappedIndex | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
