@@ -61,8 +61,9 @@ def trials_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_search(rows: Sequence[Mapping[str, Any]], path: str | Path, *, unit: str, title: str = "") -> Path:
-    """Proxy top-1 of each run against the proxy cost the search had spent when it ended; the
-    chosen path (the first reference, then each accepted candidate) joined and starred."""
+    """Proxy top-1 of each run (at the end of the stage it was scored at) against the proxy cost
+    the search had spent when it ended; the chosen path (the first reference, then each accepted
+    candidate) joined and starred."""
     plt = pyplot()
     runs = [r for r in rows if r["status"] == "run"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -75,7 +76,9 @@ def plot_search(rows: Sequence[Mapping[str, Any]], path: str | Path, *, unit: st
     ax.plot([r["cumulative_proxy_cost"] for r in path_rows], [r["top1"] for r in path_rows], "*-",
             color="tab:red", markersize=11, label="chosen path")
     if runs:
-        ax.axhline(runs[0]["top1"], color="tab:blue", linestyle="--", linewidth=1, label="all at full resolution")
+        where = f" (end of stage {runs[0]['scored_at']})" if runs[0].get("scored_at") is not None else ""
+        ax.axhline(runs[0]["top1"], color="tab:blue", linestyle="--", linewidth=1,
+                   label=f"all at full resolution{where}")
     ax.set_xlabel(f"proxy cost spent by the search ({unit})")
     ax.set_ylabel("proxy top-1 (%)")
     ax.set_title(title)
