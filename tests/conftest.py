@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from etpp_dali.data.demo import DemoSpec, write_demo_dataset
+
 
 def _find_hymenoptera() -> Path:
     """The shared photos: $ETPP_HYMENOPTERA, else ../shared beside the checkout, else /work/shared."""
@@ -58,8 +60,6 @@ def hymenoptera() -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A small demo set: 4 classes, 24 train and 6 val images each, 48 px."""
-    from etpp_dali.data.demo import DemoSpec, write_demo_dataset
-
     return write_demo_dataset(tmp_path_factory.mktemp("demo") / "set",
                               DemoSpec(classes=4, train_per_class=24, val_per_class=6, size=48))
 

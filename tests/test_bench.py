@@ -2,13 +2,21 @@
 benchmark's isolation record checked from its JSON."""
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from etpp_dali.bench.loader import LoaderBenchSettings, isolation_violations, plan_rounds, sample_indices
-from etpp_dali.bench.loaders import PEERS
+from etpp_dali.bench.loaders import PEERS, WindowSpec, window_module, write_sample
+from etpp_dali.bench.report import echo_bound
 from etpp_dali.cli import main
+from etpp_dali.data.demo import DemoSpec, write_demo_dataset
+from etpp_dali.data.sources import open_source
 
 pytest.importorskip("nvidia.dali")
 
@@ -28,8 +36,6 @@ def one_line_error(args, needle):
 @pytest.fixture(scope="module")
 def thousand_images(tmp_path_factory):
     """About 1,000 small JPEGs in 10 classes (no val/)."""
-    from etpp_dali.data.demo import DemoSpec, write_demo_dataset
-
     return write_demo_dataset(tmp_path_factory.mktemp("bench") / "set",
                               DemoSpec(classes=10, train_per_class=100, val_per_class=0, size=48))
 
@@ -91,6 +97,33 @@ def test_bench_loader_times_each_loader_alone(thousand_images, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG" and "round 2/2 ours B=24" in res.stderr
 
 
+@pytest.mark.parametrize("loader,family_module,absent", [("decode", "etpp_dali.bench.dali_window", "timm"),
+                                                          ("reference", "etpp_dali.bench.torch_window", "nvidia.dali")])
+def test_a_window_started_as_the_window_module_runs_as_its_loaders_module(demo_root, tmp_path, loader,
+                                                                           family_module, absent):
+    """``python -m etpp_dali.bench.window SPEC RESULT`` times the loader in the window module of its
+    family, in the same process (its pid is the one started); that module holds none of the other
+    family's libraries, so a window's memory is its own loader's."""
+
+    assert window_module(loader) == family_module
+    held = subprocess.run([sys.executable, "-c", f"import sys, {family_module}; print({absent!r} in sys.modules)"],
+                          capture_output=True, text=True, timeout=300)
+    assert held.stdout.strip() == "False", held.stderr[-2000:]
+    source = open_source(demo_root, "train")
+    sample = write_sample(tmp_path / "sample.json", source, range(len(source)))
+    spec = WindowSpec(loader=loader, band=32, round=0, sample=str(sample), batch=8, threads=1, magnitude=5.0,
+                      resolution=32, device="cpu", warmup=0, min_batches=2, min_seconds=0.0)
+    spec_path, result_path = tmp_path / "spec.json", tmp_path / "result.json"
+    spec_path.write_text(json.dumps(asdict(spec)))
+    proc = subprocess.Popen([sys.executable, "-m", "etpp_dali.bench.window", str(spec_path), str(result_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-2000:]
+    record = json.loads(result_path.read_text())
+    assert record["error"] is None and record["loader"] == loader and record["pid"] == proc.pid
+    assert record["images"] == 8 * record["batches"] and record["batches"] >= 2 and record["images_per_s"] > 0
+
+
 def test_isolation_check_flags_overlapping_windows():
     def window(pid, spawned, start, end, gone):
         return {"loader": f"l{pid}", "band": 96, "round": 0, "pid": pid, "error": None, "window_start": start,
@@ -108,7 +141,7 @@ def test_isolation_check_flags_overlapping_windows():
 def test_loader_plan_and_sample():
     s = LoaderBenchSettings(bands=[96, 160], loaders=["ours", "decode"], rounds=3)
     rounds = plan_rounds(s)
-    assert rounds[0] == [("decode", None), ("ours", 96), ("ours", 160)] and rounds[1] == rounds[0][::-1] == rounds[0][::-1]
+    assert rounds[0] == [("decode", None), ("ours", 96), ("ours", 160)] and rounds[1] == rounds[0][::-1]
     assert rounds[2] == rounds[0]
     idx = sample_indices(100_000, files=300, batch=64, seed=0)
     assert len(set(idx.tolist())) == 300 and len(idx) >= 64 * 64
@@ -126,13 +159,12 @@ def test_bench_loader_breakdown_stages(thousand_images, tmp_path):
     stages = [(r["band"], r["stage"]) for r in doc["breakdown"]]
     expected = ["stage_decode", "stage_resize", "stage_warp", "stage_colour", "stage_crop", "ours"]
     assert stages == [(b, s) for b in (16, 32) for s in expected]
-    assert all(r["ms_per_image"] > 0 for r in doc["breakdown"]) and "hand-off to torch" in out.with_suffix(".md").read_text()
+    assert all(r["ms_per_image"] > 0 for r in doc["breakdown"])
+    assert "hand-off to torch" in out.with_suffix(".md").read_text()
     assert "echo bound at B = " in out.with_suffix(".md").read_text()
 
 
 def test_echo_bound_is_what_saving_the_decode_allows():
-    from etpp_dali.bench.report import echo_bound
-
     assert echo_bound(1.0, 0.0, 4) == 1.0  # nothing to save
     assert echo_bound(1.0, 0.5, 2) == pytest.approx(1 / 0.75)
     assert echo_bound(1.38, 0.48, 4) == pytest.approx(1.38 / (0.90 + 0.12))  # the photos' breakdown: 1.35x
@@ -141,10 +173,14 @@ def test_echo_bound_is_what_saving_the_decode_allows():
 @pytest.mark.slow
 def test_bench_loader_reports_a_crashed_loader(demo_root, tmp_path, monkeypatch):
     """OpenCV broken for the benchmark's processes: our loader (its warp uses OpenCV) crashes in
-    its process; it is reported by name with its error, and decoding's figures are still written."""
+    its process; it is reported by name with its error, and decoding's figures are still written.
+    (cv2 imports, as every window imports it, and fails when used: only our warp uses it.)"""
     broken = tmp_path / "broken" / "cv2"
     broken.mkdir(parents=True)
-    (broken / "__init__.py").write_text("raise ImportError('cv2 is broken on purpose')\n")
+    (broken / "__init__.py").write_text("def __getattr__(name):\n"
+                                        "    if name.startswith('__'):\n"  # what introspection asks of any module
+                                        "        raise AttributeError(name)\n"
+                                        "    raise RuntimeError(f'cv2 is broken on purpose (cv2.{name})')\n")
     monkeypatch.setenv("PYTHONPATH", f"{broken.parent}:" + __import__("os").environ.get("PYTHONPATH", ""))
     out = tmp_path / "crash.json"
     res = invoke("loader", "--data", str(demo_root), "--bands", "32", "--resolution", "32", "--batch-size", "8",
@@ -218,10 +254,6 @@ def test_bench_device_errors_are_one_line():
 def test_gpu_check_stops_with_the_reason_when_dali_wheels_are_missing(tmp_path):
     """bench/gpu_check.sh on a machine without DALI (here: an import of nvidia.dali that fails):
     a missing or incomplete wheel folder stops it at once, naming what is missing."""
-    import os
-    import subprocess
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     no_dali = tmp_path / "no-dali" / "nvidia"

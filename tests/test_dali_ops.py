@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from etpp_dali.ops.fourier import fourier_crop as torch_fourier_crop
 from etpp_dali.ops.fourier import fourier_crop_reference
 
 dali = pytest.importorskip("nvidia.dali")
@@ -119,9 +121,6 @@ def test_gpu_operator_matches_cpu_reference():
 def test_gpu_operator_equals_torch_fourier_crop_on_the_same_batch():
     """The DALI GPU operator (DALI's stream, no host sync) against the plain torch crop on CUDA,
     batch by batch, with three batches in flight."""
-    import torch
-
-    from etpp_dali.ops.fourier import fourier_crop as torch_fourier_crop
 
     batches = make_batches(seed=3)
     p = build(batches, device_id=0, gpu=True)

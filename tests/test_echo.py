@@ -3,6 +3,9 @@ import pytest
 import torch
 
 from etpp_dali import Curriculum, StageSpec
+from etpp_dali.loader.dali_iterator import DALIStyleIterator
+from etpp_dali.loader.echo import auto as echo_auto
+from etpp_dali.loader.echo.auto import choose_echo, predicted_wait
 from etpp_dali.loader.echo.schedule import echo_uses, echo_window, parse_echo
 from etpp_dali.loader.loaders import CurriculumLoader
 
@@ -113,11 +116,34 @@ def test_erasing_hits_about_reprob_of_the_samples_reproducibly(unique_list):
     assert any(0 < sum(h) < 4 for h in per_image)  # the uses of one image are erased independently
 
 
-def test_dali_iterator_and_bad_settings(unique_list):
-    from etpp_dali.loader.dali_iterator import DALIStyleIterator
-
+def test_a_dali_style_loop_over_an_echo_loader_yields_the_loaders_own_batches(unique_list):
+    """DALI's loop (one dict per pipeline, keyed by output_map, N x 1 labels, StopIteration then
+    reset()) over the last single-graph epoch and the echo epoch after it: the loader's batches."""
     cur = echo_schedule()
-    assert isinstance(CurriculumLoader(unique_list, cur, batch_size=8, device="cpu").dali_iterator(), DALIStyleIterator)
+    echo_epoch = cur.stages[1].start_epoch
+    assert echo_epoch + 1 == cur.total_epochs  # epochs 0-3 single graph, 4 echoes (the last)
+    direct = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=4)
+    expected = {e: stage_batches(direct, e) for e in (echo_epoch - 1, echo_epoch)}
+    it = CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", seed=4).dali_iterator(["images", "targets"])
+    assert isinstance(it, DALIStyleIterator)
+    it.set_epoch(echo_epoch - 1)
+    for epoch, band, steps in ((echo_epoch - 1, 16, 5), (echo_epoch, 24, 20)):
+        assert it.epoch == epoch and len(it) == steps and it.size == steps * 8
+        got = [data for data in it]
+        assert len(got) == len(expected[epoch]) == steps
+        for data, (x, y) in zip(got, expected[epoch]):
+            assert isinstance(data, list) and len(data) == 1 and sorted(data[0]) == ["images", "targets"]
+            images, labels = data[0]["images"], data[0]["targets"]
+            assert images.shape == (8, 3, band, band) and labels.shape == (8, 1)
+            assert torch.equal(images, x) and torch.equal(labels.squeeze(1), y)
+        with pytest.raises(StopIteration):
+            next(it)
+        it.reset()  # to the next epoch of the schedule; after the last, the iterator is finished
+    assert it.epoch == echo_epoch and list(it) == []
+
+
+def test_echo_bad_settings_say_which(unique_list):
+    cur = echo_schedule()
     with pytest.raises(ValueError, match="echo = 0"):
         CurriculumLoader(unique_list, cur, batch_size=8, device="cpu", echo=0)
     with pytest.raises(ValueError, match="echo_max = 1.5"):
@@ -129,8 +155,6 @@ def test_dali_iterator_and_bad_settings(unique_list):
 
 # ---------------------------------------------------------------------------------- echo="auto"
 def test_chooser_picks_the_smallest_factor_that_keeps_the_wait_under_5_percent():
-    from etpp_dali.loader.echo.auto import choose_echo, predicted_wait
-
     assert choose_echo(0.01, 1.0, 1, 4) == 1            # waited 1%: keeps r
     assert choose_echo(1.0, 1.0, 1, 4) == 2             # single graph, loader 2 s/step against 1 s away
     assert choose_echo(2.0, 1.0, 1, 4) == 3             # 3 s/step: r = 2 still waits 33%
@@ -145,8 +169,6 @@ def test_chooser_picks_the_smallest_factor_that_keeps_the_wait_under_5_percent()
 
 def fixed_chooser(monkeypatch, factor):
     """choose_echo replaced by one that always picks ``factor`` (no timing in the test's outcome)."""
-    from etpp_dali.loader.echo import auto as echo_auto
-
     monkeypatch.setattr(echo_auto, "choose_echo", lambda *args, **kwargs: factor)
 
 

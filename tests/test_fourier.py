@@ -58,7 +58,8 @@ def test_full_size_returns_the_input():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_keeps_each_channel_mean(backend):
-    x = torch.rand(4, 3, 64, 64, dtype=torch.float64) * torch.tensor([1.0, 5.0, -3.0], dtype=torch.float64)[:, None, None]
+    channel_scale = torch.tensor([1.0, 5.0, -3.0], dtype=torch.float64)[:, None, None]
+    x = torch.rand(4, 3, 64, 64, dtype=torch.float64) * channel_scale
     y = fourier_crop(x, 22, backend=backend)
     assert torch.allclose(y.mean(dim=(-1, -2)), x.mean(dim=(-1, -2)), atol=1e-12)
 
@@ -109,7 +110,8 @@ def test_channel_scale_and_shift_are_made_once_per_device_and_dtype():
     y = crop(x, 8, channel_scale=[2.0, 3.0, 4.0], channel_shift=np.array([1.0, 0.0, -1.0]))
     after = _channel_vector.cache_info()
     assert after.hits == before.hits + 2 and after.misses == before.misses
-    ref = fourier_crop(x, 8) * torch.tensor([2.0, 3.0, 4.0])[:, None, None] + torch.tensor([1.0, 0.0, -1.0])[:, None, None]
+    scale, shift = torch.tensor([2.0, 3.0, 4.0])[:, None, None], torch.tensor([1.0, 0.0, -1.0])[:, None, None]
+    ref = fourier_crop(x, 8) * scale + shift
     assert torch.allclose(y, ref, atol=1e-5)
     y64 = crop(x.double(), 8, channel_scale=[2.0, 3.0, 4.0])
     assert y64.dtype == torch.float64 and torch.allclose(y64, (fourier_crop(x.double(), 8) * 2 * torch.tensor(

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 
 from etpp_dali import Curriculum, StageSpec
 from etpp_dali.loader.dali_iterator import DALIStyleIterator
@@ -26,6 +27,7 @@ def dali_example_train(train_loader, batch_size):
     """The body of DALI's ResNet-50 example's train(), as written for DALIClassificationIterator."""
     seen = []
     for i, data in enumerate(train_loader):
+        assert i == len(seen)  # the example's batch counter
         input = data[0]["data"]
         target = data[0]["label"].squeeze(-1).long()
         train_loader_len = int(math.ceil(train_loader._size / batch_size))
@@ -110,8 +112,6 @@ def test_last_batch_policies(unique_list):
 
 
 def test_dali_last_batch_policy_enum_is_accepted(unique_list):
-    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-
     loader = CurriculumLoader(unique_list, schedule(), batch_size=12, device="cpu")
     assert DALIStyleIterator(loader, last_batch_policy=LastBatchPolicy.PARTIAL).last_batch_policy == "PARTIAL"
 
@@ -170,7 +170,8 @@ def test_an_echo_epoch_has_no_padding_under_any_policy(unique_list):
     # decoded images (40 and 2 of a further pass), none of them a pad, so every policy gives them all
     cur = schedule()
     for policy in ("FILL", "DROP", "PARTIAL"):
-        it = DALIStyleIterator(CurriculumLoader(unique_list, cur, batch_size=12, device="cpu"), last_batch_policy=policy)
+        it = DALIStyleIterator(CurriculumLoader(unique_list, cur, batch_size=12, device="cpu"),
+                               last_batch_policy=policy)
         it.set_epoch(2)
         batches = list(it)
         assert it.loader.echoes(2) and len(batches) == len(it) == 7 and it.size == 84

@@ -1,12 +1,25 @@
+import dataclasses
+import gc
+import io
+import tarfile
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
 from etpp_dali import Curriculum, StageSpec
-from etpp_dali.data.scan import DataError
+from etpp_dali.data.scan import DataError, ImageRecord
+from etpp_dali.data.sources import Source, image_folder
+from etpp_dali.loader.graphs import define_train_pipeline
 from etpp_dali.loader.loaders import CurriculumLoader, ValidationLoader
+from etpp_dali.loader.settings import LoaderSettings
+from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
+from etpp_dali.util.devices import resolve_device
 
 pytest.importorskip("nvidia.dali")
 
@@ -60,6 +73,66 @@ def test_same_seed_same_batches_and_fresh_shuffle_per_epoch(unique_list):
     assert not torch.equal(torch.cat(epoch_labels(c, 0)), e0)
 
 
+def epoch_batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_keywords_and_settings_give_the_same_loader_and_batches(unique_list, demo_root):
+    """The keyword constructor builds the settings object the settings form takes: same settings,
+    same pipeline config, identical batches in every epoch (a tensor-replay stage and erasing
+    included), and the validation loader takes the training loader's settings as they are."""
+    cur = small_schedule(replay=2, budget=6)
+    options = dict(device="cpu", seed=7, num_threads=1, prefetch=1, reprob=0.25, echo="tensor", channels_last=True)
+    by_keywords = CurriculumLoader(unique_list, cur, 8, **options)
+    settings = LoaderSettings(batch_size=8, **options)
+    by_settings = CurriculumLoader(unique_list, cur, settings=settings)
+    assert by_keywords.settings == settings and by_keywords.cfg == by_settings.cfg
+    for epoch in range(cur.total_epochs):
+        a, b = epoch_batches(by_keywords, epoch), epoch_batches(by_settings, epoch)
+        assert len(a) == len(b) == len(by_settings) > 0
+        assert all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+    val_keywords = ValidationLoader(demo_root, 32, 8, device="cpu", num_threads=1, channels_last=True)
+    val_settings = ValidationLoader(demo_root, 32, settings=settings)
+    pairs = list(zip(val_keywords, val_settings))
+    assert len(pairs) == len(val_keywords) == 3 and pairs[0][0][0].is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in pairs)
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("batch_size", 0, "batch_size = 0 is invalid"), ("seed", -1, "seed = -1 is invalid"),
+    ("num_threads", 0, "num_threads = 0 is invalid"), ("prefetch", 0, "prefetch = 0 is invalid"),
+    ("replay_buffer", 0, "replay_buffer = 0 is invalid"), ("device", "tpu", "device = 'tpu' is unknown"),
+    ("num_shards", 0, "num_shards = 0 is invalid"), ("shard_id", 2, "shard_id = 2 is outside 0..0"),
+    ("lowpass", "blur", "lowpass = 'blur' is unknown"), ("fourier_backend", "fast", "fourier_backend = 'fast'"),
+    ("interpolation", "nearest", "interpolation = 'nearest'"), ("hw_decoder_load", 2.0, "hw_decoder_load = 2.0"),
+    ("dtype", torch.int64, "dtype = torch.int64 is invalid"), ("reprob", 1.5, "reprob = 1.5 is outside 0..1"),
+    ("echo", "often", "echo = 'often' is unknown"), ("echo_max", 0, "echo_max = 0"),
+    ("echo_buffer_mb", 0, "echo_buffer_mb = 0")])
+def test_a_bad_setting_fails_at_once_in_one_line_naming_it(name, value, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        LoaderSettings(**{"batch_size": 8, name: value})
+    assert "\n" not in str(caught.value)
+
+
+def test_the_two_forms_do_not_mix_and_settings_are_frozen(demo_root):
+    cur = small_schedule()
+    settings = LoaderSettings(batch_size=8, device="cpu", echo_max="3")
+    assert settings.echo_max == 3  # normalised once
+    with pytest.raises(TypeError, match="not both"):
+        CurriculumLoader(demo_root, cur, 8, settings=settings)
+    with pytest.raises(TypeError, match="not both"):
+        CurriculumLoader(demo_root, cur, settings=settings, seed=2)
+    with pytest.raises(TypeError, match="needs batch_size"):
+        CurriculumLoader(demo_root, cur, device="cpu")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        CurriculumLoader(demo_root, cur, 8, colour=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'seed'"):  # a training setting
+        ValidationLoader(demo_root, 32, 8, seed=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.batch_size = 16
+
+
 def test_shards_are_disjoint_and_equal_in_length(unique_list):
     cur = small_schedule()
     ranks = [CurriculumLoader(unique_list, cur, batch_size=6, device="cpu", shard_id=r, num_shards=3) for r in range(3)]
@@ -90,7 +163,8 @@ def test_resume_continues_exactly(unique_list):
     assert len(got) == len(reference)
     for (x, y), (rx, ry) in zip(got, reference):
         assert torch.equal(y, ry) and torch.equal(x, rx)
-    other = CurriculumLoader(unique_list, Curriculum.preset("etpp", resolution=32, budget=3), batch_size=8, device="cpu")
+    other = CurriculumLoader(unique_list, Curriculum.preset("etpp", resolution=32, budget=3), batch_size=8,
+                             device="cpu")
     with pytest.raises(ValueError, match="another schedule"):
         other.load_state_dict(state)
 
@@ -187,15 +261,13 @@ def test_gpu_loader_follows_schedule(demo_root):
     for epoch in range(cur.total_epochs):
         loader.set_epoch(epoch)
         for x, y in loader:
-            assert x.is_cuda and x.shape[-1] == cur.stage_at(epoch).band
+            assert x.is_cuda and y.is_cuda and x.shape[-1] == cur.stage_at(epoch).band
             assert loader.batch_meta["band"] == cur.stage_at(epoch).band
     val = ValidationLoader(demo_root, 32, 8, device="cuda")
     assert sum(len(y) for _, y in val) == 24
 
 
 def damaged_png(tmp_path) -> Path:
-    from PIL import Image
-
     path = tmp_path / "damaged.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
     data = bytearray(path.read_bytes())
@@ -207,12 +279,9 @@ def damaged_png(tmp_path) -> Path:
 def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp_path, capfd):
     """A damaged file that slipped past the up-front check (here: added to the source by hand)
     is reported once, left out, and training and validation go on."""
-    from etpp_dali.data.scan import ImageRecord
-    from etpp_dali.data.sources import image_folder
-
     bad = damaged_png(tmp_path)
     src = image_folder(demo_root / "train")
-    src.records.insert(10, ImageRecord(str(bad), 0, 50, 40, "PNG"))
+    src = Source(src.name, src.classes, [*src.records[:10], ImageRecord(str(bad), 0, 50, 40, "PNG"), *src.records[10:]])
     cur = small_schedule()
     loader = CurriculumLoader(src, cur, batch_size=16, device="cpu")
     counts = [sum(len(y) for y in epoch_labels(loader, e)) for e in range(2)]
@@ -220,15 +289,13 @@ def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp
     assert list(loader.excluded) == [10] and loader.state_dict()["excluded"] == [10]
     assert capfd.readouterr().err.count("left out") == 1
     val_src = image_folder(demo_root / "val", src.classes)
-    val_src.records.insert(3, ImageRecord(str(bad), 0, 50, 40, "PNG"))
+    val_src = Source(val_src.name, val_src.classes, [*val_src.records[:3], ImageRecord(str(bad), 0, 50, 40, "PNG"),
+                                                     *val_src.records[3:]])
     val = ValidationLoader(val_src, 32, 5, device="cpu")
     assert [sum(len(y) for _, y in val) for _ in range(2)] == [24, 24]
 
 
 def test_loader_reads_webdataset_shards_and_file_lists(demo_root, tmp_path, unique_list):
-    import io
-    import tarfile
-
     files = sorted((demo_root / "train").rglob("*.jpg"))[:32]
     shard = tmp_path / "shard-000.tar"
     with tarfile.open(shard, "w") as tar:
@@ -251,8 +318,6 @@ def odd_sized_val(tmp_path):
     """Validation images (blocky noise, lossless) of sizes where DALI's own rules differ from
     torchvision's at R = 64: a longer side that DALI's resize_shorter would round up, crop offsets
     it would round half up. Returns the root and the images as C x H x W uint8 tensors."""
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     folder = tmp_path / "val" / "a"
     folder.mkdir(parents=True)
@@ -265,8 +330,6 @@ def odd_sized_val(tmp_path):
 
 
 def unnormalised(x: torch.Tensor) -> torch.Tensor:
-    from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255
-
     std, mean = torch.tensor(IMAGENET_STD_255).view(3, 1, 1), torch.tensor(IMAGENET_MEAN_255).view(3, 1, 1)
     return x.float().cpu() * std + mean
 
@@ -274,9 +337,6 @@ def unnormalised(x: torch.Tensor) -> torch.Tensor:
 def test_validation_takes_torchvisions_pixels(odd_sized_val):
     """timm's evaluation transform to the pixel: torchvision's Resize(floor(R / 0.875), bicubic,
     antialias) and CenterCrop(R)."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
     root, images = odd_sized_val
     (x, _), = list(ValidationLoader(root, 64, 5, device="cpu"))
     for got, image in zip(unnormalised(x), images):
@@ -298,9 +358,6 @@ def test_validation_cpu_and_gpu_take_the_same_pixels(odd_sized_val):
 
 
 def test_device_id_selects_the_gpu(demo_root, monkeypatch):
-    from etpp_dali.loader.graphs import define_train_pipeline
-    from etpp_dali.util.devices import resolve_device
-
     with pytest.raises(ValueError, match="device_id = 0 selects a GPU, but device = 'cpu'"):
         resolve_device("cpu", 0)
     with pytest.raises(ValueError, match="'tpu' is unknown"):
@@ -328,9 +385,6 @@ def test_device_id_selects_the_gpu(demo_root, monkeypatch):
 def test_a_dropped_loader_frees_its_pipeline_at_once(demo_root):
     """No reference cycle through the pipeline: the garbage collector, run wherever the program
     happens to be (inside a thread pool's lock, say), never has a pipeline to shut down."""
-    import gc
-    import weakref
-
     def make(kind):
         if kind == "train":
             loader = CurriculumLoader(demo_root, small_schedule(), 16, device="cpu")

@@ -2,8 +2,26 @@ import numpy as np
 import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
-from etpp_dali.loader.graphs import PipelineConfig, centre_crop_geometry, sample_crop_windows, val_resize_size
+from etpp_dali.data.sources import open_source
+from etpp_dali.loader import graphs as pipeline
+from etpp_dali.loader.graphs import (
+    TRAIN_OUTPUTS,
+    TRAIN_STAGES,
+    PipelineConfig,
+    TrainBatch,
+    centre_crop_geometry,
+    define_train_pipeline,
+    make_train_batch,
+    make_val_batch,
+    sample_crop_windows,
+    val_resize_size,
+)
+from etpp_dali.ops.dali_ops import IMAGENET_MEAN_255, IMAGENET_STD_255, resize_hwc
+from etpp_dali.ops.fourier import fourier_crop
+from etpp_dali.ops.randaugment import apply_colour_ops_pil
 
 
 def test_crop_windows_fit_and_follow_torchvision_statistics():
@@ -51,9 +69,6 @@ def test_config_validation_and_val_size():
 
 def test_val_geometry_is_torchvisions_resize_and_centre_crop():
     """The resized size and the crop's place, against torchvision's own Resize(int) and CenterCrop."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
     rng = np.random.default_rng(0)
     sizes = np.concatenate([rng.integers(40, 600, (60, 2)), [[375, 500], [500, 375], [74, 93], [93, 74], [80, 80]]])
     for resolution in (64, 224):
@@ -71,8 +86,6 @@ def test_val_geometry_is_torchvisions_resize_and_centre_crop():
 
 
 def test_named_feed_and_outputs():
-    from etpp_dali.loader.graphs import TRAIN_OUTPUTS, TrainBatch, make_train_batch, make_val_batch
-
     cfg = PipelineConfig(resolution=32, batch_size=2)
     encoded = [np.zeros(4, np.uint8)] * 2
     batch = make_train_batch(encoded, np.array([3, 4]), np.array([[40, 50], [60, 30]]), band=16, magnitude=9.0,
@@ -103,13 +116,11 @@ def test_gpu_graphs_are_defined_without_a_gpu(kind, options, monkeypatch):
     argument names, an input on the wrong device (a CPU operator on GPU data, a missing .gpu()),
     an argument input off the CPU; building the Python graph then checks every operator's
     arguments against its schema. The image output must come out on the GPU."""
-    from etpp_dali.loader import graphs as pipeline
-
     named = {}
     graph = getattr(pipeline, f"_{kind}_graph")
 
-    def recording(cfg, feed):
-        named.update(graph(cfg, feed))
+    def recording(cfg, feed, **options):  # options: define_train_pipeline's stop_after
+        named.update(graph(cfg, feed, **options))
         return named
 
     monkeypatch.setattr(pipeline, f"_{kind}_graph", recording)
@@ -120,3 +131,46 @@ def test_gpu_graphs_are_defined_without_a_gpu(kind, options, monkeypatch):
     outputs = pipeline.TRAIN_OUTPUTS if kind == "train" else pipeline.VAL_OUTPUTS
     assert tuple(named) == outputs and pipe.device_id == 0
     assert named["images"].device == "gpu" and named["labels"].device == "cpu"
+
+
+# --------------------------------------------------------------------- the graph cut after a stage
+def _cut_outputs(cfg, values, stop_after):
+    """Per sample, the images of one run of the training graph cut after ``stop_after`` (None:
+    whole), fed ``values`` (the same draws every run)."""
+    pipe = define_train_pipeline(cfg, lambda: values, stop_after=stop_after)
+    pipe.build()
+    images, labels, _ = pipe.run()
+    return [np.array(images.at(i)) for i in range(len(labels))]
+
+
+def test_a_cut_graph_outputs_the_full_graphs_intermediate_at_the_same_draws(demo_root):
+    """Each stage's output, from the graph cut there, is what the next stage turns into the next
+    one's: so the cut graphs compute the full graph's own intermediates (not a copy's)."""
+    source = open_source(demo_root, "train")
+    cfg = PipelineConfig(resolution=32, batch_size=8, num_threads=1)
+    idx = np.arange(0, 80, 10)
+    batch = make_train_batch([source.read(int(i)) for i in idx], source.labels[idx], source.sizes[idx], band=16,
+                             magnitude=9.0, epoch=0, step=0, rng=np.random.default_rng(3), cfg=cfg)
+    ra = batch.augment
+    coloured = ra.colour.any(axis=1)
+    assert 0 < ra.geometric.sum() < 8 and 0 < coloured.sum() < 8 and 0 < batch.flip.sum() < 8  # each case met
+    out = {stage: _cut_outputs(cfg, batch.as_feed(True), stage) for stage in (None,) + TRAIN_STAGES}
+    for i in range(8):
+        assert out["decode"][i].shape == (*batch.shape[i].astype(int), 3)  # the crop window, as decoded
+        assert np.array_equal(out["resize"][i], resize_hwc(out["decode"][i], (32, 32), "bicubic"))
+        flipped = out["resize"][i][:, ::-1] if batch.flip[i] else out["resize"][i]
+        assert out["warp"][i].shape == (32, 32, 3)
+        assert np.array_equal(out["warp"][i], flipped) != bool(ra.geometric[i])  # warped only where drawn
+        expected = apply_colour_ops_pil(out["warp"][i], ra.colour[i], ra.value[i])
+        assert np.array_equal(out["colour"][i], expected)
+        assert np.array_equal(out["colour"][i], out["warp"][i]) or coloured[i]
+        crop = fourier_crop(out["colour"][i][None].astype(np.float32), 16, layout="NHWC", out_layout="NCHW")[0]
+        normalised = (crop - np.array(IMAGENET_MEAN_255)[:, None, None]) / np.array(IMAGENET_STD_255)[:, None, None]
+        assert out[None][i].shape == (3, 16, 16) and np.allclose(out[None][i], normalised, atol=1e-3)
+        assert np.array_equal(out["crop"][i], out[None][i])  # cut after the last stage: the whole graph
+
+
+def test_stop_after_names_a_stage():
+    assert TRAIN_STAGES == ("decode", "resize", "warp", "colour", "crop")
+    with pytest.raises(ValueError, match="stop_after = 'augment' is unknown; use one of decode, resize"):
+        define_train_pipeline(PipelineConfig(resolution=32, batch_size=2), lambda: None, stop_after="augment")

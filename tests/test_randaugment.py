@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from conftest import HYMENOPTERA
 from PIL import Image, ImageOps
+from timm.data import auto_augment as aa
+from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS
 
 from etpp_dali.ops.randaugment import (
     COLOUR,
@@ -41,8 +43,6 @@ def args(name, level, sign=1.0, size=(224, 224)):
 
 # ------------------------------------------------------------------------ table and draws
 def test_op_table_is_timms_increasing_set():
-    from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS
-
     assert NAMES == list(_RAND_INCREASING_TRANSFORMS)
     assert set(GEOMETRIC) == {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
     assert set(GEOMETRIC) | set(COLOUR) == set(NAMES) and not set(GEOMETRIC) & set(COLOUR)
@@ -96,8 +96,6 @@ def test_generator_call_order_is_fixed():
 
 @pytest.mark.parametrize("level", [0.0, 0.35, 0.5, 0.77, 1.0])
 def test_arguments_match_timm_level_to_arg(level, monkeypatch):
-    from timm.data import auto_augment as aa
-
     monkeypatch.setattr(random, "random", lambda: 0.0)  # timm's _randomly_negate: keep the sign
     m = level * 10
 
@@ -121,8 +119,6 @@ def test_arguments_match_timm_level_to_arg(level, monkeypatch):
 
 def timm_lut_op(name, level):
     """timm's own op (Pillow) at ``level``, or None where Pillow 13 refuses (posterize to 0 bits)."""
-    from timm.data import auto_augment as aa
-
     m = level * 10
     arg = aa.LEVEL_TO_ARG[name](m, {})[0] if aa.LEVEL_TO_ARG[name] else None
     if name == "PosterizeIncreasing" and arg == 0:
@@ -221,8 +217,6 @@ PIL_OPS = {
 @pytest.mark.parametrize("dali_colour", [False, True], ids=["cpu-pillow", "gpu-graph-dali-ops"])
 @pytest.mark.parametrize("op", sorted(PIL_OPS))
 def test_colour_op_matches_timm_pil(op, dali_colour):
-    from timm.data import auto_augment as aa
-
     images = photos()
     lv = 0.7
     sign = -1.0 if op == "ContrastIncreasing" else 1.0
@@ -303,8 +297,6 @@ def test_different_ops_per_sample_and_slot(dali_colour):
 @pytest.mark.parametrize("op,level,sign", [("Rotate", 0.7, 1.0), ("ShearX", 0.7, -1.0), ("ShearY", 0.5, 1.0),
                                            ("TranslateXRel", 0.5, 1.0), ("TranslateYRel", 0.5, -1.0)])
 def test_geometric_op_matches_timm_pil_bicubic(op, level, sign):
-    from timm.data import auto_augment as aa
-
     images = photos(3, side=224)  # the boundary band is a small share at a realistic size
     n = len(images)
     matrix = args(op, level, sign, images[0].shape[:2])[:2].astype(np.float32)

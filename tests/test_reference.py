@@ -1,14 +1,17 @@
+import multiprocessing
+import random
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data import auto_augment as aa
+from timm.data.auto_augment import AugmentOp
 
-from etpp_dali.bench.reference import install_posterize_guard, reference_transform
+from etpp_dali.bench.reference import ReferenceDataset, install_posterize_guard, reference_transform
 
 
 def test_posterize_guard_gives_black_for_zero_bits():
-    from timm.data import auto_augment as aa
-
     install_posterize_guard()
     img = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
     assert np.asarray(aa.NAME_TO_OP["PosterizeIncreasing"](img, 0)).max() == 0
@@ -17,8 +20,6 @@ def test_posterize_guard_gives_black_for_zero_bits():
 
 def _posterize_bits_seen(tf) -> list[int]:
     """Wrap the transform's posterize ops so that the bits each call keeps are recorded."""
-    from timm.data.auto_augment import AugmentOp
-
     seen = []
     ops = [t for t in tf.transforms if hasattr(t, "ops")][0].ops  # timm's RandAugment
     for op in ops:
@@ -38,8 +39,6 @@ def test_reference_transform_shape_and_the_0_bit_posterize(band):
     seen = _posterize_bits_seen(tf)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
     torch.manual_seed(0)
-    import random
-
     random.seed(0)
     for _ in range(200):
         x = tf(img)
@@ -51,9 +50,6 @@ def test_reference_loader_runs_in_spawned_workers(tmp_path):
     """Workers started with spawn (the default on macOS, and from Python 3.14 on Linux) unpickle
     the transform: the guarded posterize must travel with it. At m = 10 about half of the
     posterize draws keep 0 bits, which Pillow 13 refuses without the guard."""
-    import multiprocessing
-
-    from etpp_dali.bench.reference import ReferenceDataset
 
     path = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(path)

@@ -119,6 +119,6 @@ def test_holdout_split_of_a_source_keeps_members_and_reports_bad_files_with_trai
     kept, held = holdout_indices(src.labels, 0.25, seed=1)
     assert [r.path for r in val.records] == [src.records[i].path for i in held]
     assert [r.path for r in train.records] == [src.records[i].path for i in kept]
-    assert val.members == [src.members[i] for i in held] and train.members == [src.members[i] for i in kept]
+    assert list(val.members) == [src.members[i] for i in held] and list(train.members) == [src.members[i] for i in kept]
     assert train.bad == src.bad and len(train.bad) == 1 and val.bad == []
     assert val.read(0).tobytes() == src.read(int(held[0])).tobytes()

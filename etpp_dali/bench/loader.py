@@ -35,9 +35,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from etpp_dali.bench.loaders import BREAKDOWN, DEFAULT_LOADERS, LOADERS, PEERS, WindowSpec, write_sample
-from etpp_dali.bench.processes import HAS_PROC, group_members
-from etpp_dali.bench.window import RUN_MARKER, error_line
+from etpp_dali.bench.loaders import (
+    BREAKDOWN,
+    DEFAULT_LOADERS,
+    LOADERS,
+    PEERS,
+    WindowSpec,
+    window_module,
+    write_sample,
+)
+from etpp_dali.bench.processes import HAS_PROC, RUN_MARKER, error_line, group_members
+from etpp_dali.data.scan import DataError
+from etpp_dali.data.sources import open_source
 
 __all__ = ["LoaderBenchSettings", "BenchError", "bench_loader", "plan_rounds", "isolation_violations",
            "median_of", "summarise"]
@@ -53,22 +62,24 @@ class BenchError(ValueError):
 class LoaderBenchSettings:
     """Everything the loader benchmark is run with (recorded with the results)."""
 
+    # what is timed
+    loaders: list[str] = field(default_factory=lambda: list(DEFAULT_LOADERS))
     bands: list[int] = field(default_factory=lambda: [96, 160, 224])
     magnitude: float = 9.0
     batch: int = 64
     threads: int = 2
     resolution: int = 224
+    device: str = "cpu"
+    breakdown: bool = False
+    # how much of it, and for how long
+    files: int = 2000
     rounds: int = 2
     warmup: int = 3
     min_batches: int = 10
     min_seconds: float = 3.0
-    files: int = 2000
-    device: str = "cpu"
-    loaders: list[str] = field(default_factory=lambda: list(DEFAULT_LOADERS))
-    breakdown: bool = False
-    seed: int = 0
-    window_timeout: float = 300.0
     time_limit: float | None = None  # start no window that would likely end after this many seconds
+    window_timeout: float = 300.0
+    seed: int = 0
 
     def validate(self) -> None:
         """Raise :class:`BenchError` naming the flag of the first bad setting."""
@@ -84,12 +95,15 @@ class LoaderBenchSettings:
             raise BenchError(f"--bands {self.bands}: give positive bands, e.g. 96,160,224")
         too_big = [b for b in self.bands if b > self.resolution]
         if too_big:
-            raise BenchError(f"--bands {','.join(map(str, too_big))}: every band must be <= --resolution {self.resolution}")
+            raise BenchError(f"--bands {','.join(map(str, too_big))}: every band must be "
+                             f"<= --resolution {self.resolution}")
         if self.magnitude != int(self.magnitude) or not 0 <= self.magnitude <= 10:
-            raise BenchError(f"--magnitude {self.magnitude:g}: give a whole number 0..10 (timm's rand-m<m> takes integers)")
+            raise BenchError(f"--magnitude {self.magnitude:g}: give a whole number 0..10 "
+                             "(timm's rand-m<m> takes integers)")
         unknown = [name for name in self.loaders if name not in LOADERS]
         if unknown or not self.loaders:
-            raise BenchError(f"--loaders {','.join(unknown) or '(none)'}: unknown; use some of {', '.join(DEFAULT_LOADERS)}")
+            raise BenchError(f"--loaders {','.join(unknown) or '(none)'}: unknown; "
+                             f"use some of {', '.join(DEFAULT_LOADERS)}")
         if self.device not in ("cpu", "cuda"):
             raise BenchError(f"--device {self.device}: use cpu or cuda")
 
@@ -109,9 +123,6 @@ def plan_rounds(settings: LoaderBenchSettings) -> list[list[tuple[str, int | Non
 
 # ----------------------------------------------------------------------------- the sample
 def _open_files(data: str | Path) -> Any:
-    from etpp_dali.data.scan import DataError
-    from etpp_dali.data.sources import open_source
-
     try:
         source = open_source(data, "train")
     except DataError as exc:
@@ -173,7 +184,7 @@ def run_one(spec: WindowSpec, workdir: Path, run_id: str, timeout: float) -> dic
     env = {**os.environ, RUN_MARKER: run_id}
     spawned = time.time()
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "etpp_dali.bench.window", str(spec_path), str(result_path)],
+        proc = subprocess.Popen([sys.executable, "-m", window_module(spec.loader), str(spec_path), str(result_path)],
                                 stdout=err, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             proc.wait(timeout=timeout)
@@ -280,10 +291,10 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for w in ok:
         results.setdefault(w["loader"], {}).setdefault(_key(w["band"]), []).append(w)
-    for loader, per_band in results.items():
+    for per_band in results.values():
         for key, ws in per_band.items():
-            per_band[key] = {**_stats([w["images_per_s"] for w in ws]), "cores_busy": round(statistics.median(
-                (w["cpu_s_process"] + w["cpu_s_workers"]) / w["seconds"] for w in ws), 2)}
+            busy = statistics.median((w["cpu_s_process"] + w["cpu_s_workers"]) / w["seconds"] for w in ws)
+            per_band[key] = {**_stats([w["images_per_s"] for w in ws]), "cores_busy": round(busy, 2)}
     bands = doc["settings"]["bands"]
     return {"results": results, "ratios": _ratios(results, bands), "breakdown": _breakdown(results, bands),
             "errors": [{"loader": w["loader"], "band": w["band"], "round": w["round"], "error": w["error"]}

@@ -1,5 +1,6 @@
 """What the loader benchmark reads about processes from ``/proc``: CPU seconds, descendants,
-process-group members and a run marker in the environment.
+process-group members and a run marker in the environment; and the one line a failed window's
+output is reported by.
 
 Linux only (the benchmark's isolation record needs it); elsewhere every reading is empty and
 the record says so. No torch or DALI import: the benchmark's parent process stays light.
@@ -8,12 +9,15 @@ the record says so. No torch or DALI import: the benchmark's parent process stay
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcStat", "proc_stat", "descendants", "group_members", "marked_processes", "HAS_PROC"]
+__all__ = ["ProcStat", "proc_stat", "descendants", "group_members", "marked_processes", "HAS_PROC", "RUN_MARKER",
+           "error_line"]
 
 HAS_PROC = Path("/proc/self/stat").is_file()
+RUN_MARKER = "ETPP_BENCH_RUN"  # set by the parent for each window process; workers inherit it
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -88,3 +92,13 @@ def marked_processes(variable: str, value: str) -> list[int]:
         if needle in env.split(b"\0"):
             out.append(st.pid)
     return out
+
+
+_ERROR_LINE = re.compile(r"(\w+(?:Error|Exception|Interrupt|Exit)): (.+)")
+
+
+def error_line(text: str) -> str:
+    """One line for a table: the innermost ``SomeError: message`` of an error's text (DALI wraps
+    the Python error of an operator in pages of context), else its first line."""
+    found = [m.group(0) for m in map(_ERROR_LINE.search, text.splitlines()) if m]
+    return (found[-1] if found else text.strip().splitlines()[0] if text.strip() else "unknown error")[:300]

@@ -16,7 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["ReferenceDataset", "guarded_posterize", "install_posterize_guard", "reference_loader", "reference_transform"]
+import torch
+from PIL import Image, ImageOps
+from timm.data import auto_augment, create_transform
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+__all__ = ["ReferenceDataset", "guarded_posterize", "install_posterize_guard", "reference_loader",
+           "reference_transform"]
 
 _GUARDED = False
 
@@ -24,8 +31,6 @@ _GUARDED = False
 def guarded_posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
     """timm's posterize (``ImageOps.posterize`` below 8 bits), with 0 bits giving black as Pillow
     12 did. A module-level function, so transforms that hold it pickle into spawned workers."""
-    from PIL import Image, ImageOps
-
     if bits_to_keep >= 8:
         return img
     if bits_to_keep <= 0:
@@ -39,8 +44,6 @@ def install_posterize_guard() -> None:
     global _GUARDED
     if _GUARDED:
         return
-    from timm.data import auto_augment
-
     auto_augment.posterize = guarded_posterize
     for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
         auto_augment.NAME_TO_OP[name] = guarded_posterize
@@ -51,10 +54,6 @@ def reference_transform(resolution: int, band: int, magnitude: float,
                         mean: Sequence[float] = (0.485, 0.456, 0.406),
                         std: Sequence[float] = (0.229, 0.224, 0.225)) -> Any:
     """timm's training transform at R with RandAugment, a Lanczos resize to B, then tensors."""
-    from PIL import Image
-    from timm.data import create_transform
-    from torchvision import transforms
-
     install_posterize_guard()
     timm_tf = create_transform(resolution, is_training=True, auto_augment=f"rand-m{magnitude:g}-mstd0.5-inc1",
                                interpolation="bicubic", re_prob=0.0, mean=mean, std=std,
@@ -79,8 +78,6 @@ class ReferenceDataset:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        from PIL import Image
-
         path, label = self.samples[i]
         with open(path, "rb") as f:
             img = Image.open(f).convert("RGB")
@@ -92,9 +89,6 @@ def reference_loader(samples: Sequence[tuple[str | Path, int]], *, resolution: i
                      pin_memory: bool = False) -> Any:
     """The reference ``DataLoader`` (shuffled, ``workers`` processes, persistent; pinned batches
     with ``pin_memory``, for a copy to a GPU)."""
-    import torch
-    from torch.utils.data import DataLoader
-
     ds = ReferenceDataset([(str(p), int(y)) for p, y in samples],
                           reference_transform(resolution, band, magnitude))
     gen = torch.Generator()

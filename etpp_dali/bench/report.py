@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from etpp_dali.bench.loaders import BREAKDOWN, LOADERS, PEERS
+from etpp_dali.util.plots import pyplot, save_figure
 
 __all__ = ["echo_bound", "loader_tables", "plot_loader_bench"]
 
@@ -61,8 +62,8 @@ def _breakdown_table(doc: dict[str, Any]) -> list[str]:
         return []
     bands = doc["settings"]["bands"]
     by = {(r["stage"], r["band"]): r for r in rows}
-    out = ["| stage of our loader (each timed alone) | " + " | ".join(f"B = {b}: ms/img (+added)" for b in bands) + " |",
-           "|---|" + "---|" * len(bands)]
+    columns = " | ".join(f"B = {b}: ms/img (+added)" for b in bands)
+    out = [f"| stage of our loader (each timed alone) | {columns} |", "|---|" + "---|" * len(bands)]
     for stage in BREAKDOWN:
         cells = [f"{by[stage, b]['ms_per_image']:.2f} ({by[stage, b]['ms_added']:+.2f})" if (stage, b) in by else "-"
                  for b in bands]
@@ -122,8 +123,6 @@ def loader_tables(doc: dict[str, Any]) -> str:
 def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
     """Two panels: images/sec per band (bars, whiskers: min-max of the rounds) and ours divided
     by each peer per band."""
-    from etpp_dali.util.plots import pyplot, save_figure
-
     plt = pyplot()
     bands = doc["settings"]["bands"]
     names = _measured(doc, _TABLE_LOADERS)
@@ -134,12 +133,14 @@ def plot_loader_bench(doc: dict[str, Any], path: str | Path) -> Path:
         entries = [per_band.get(str(b)) or per_band.get("all") for b in bands]
         xs = [g + i * width for g in range(len(bands))]
         med = [e["median"] if e else 0 for e in entries]
-        err = [[(e["median"] - e["min"]) if e else 0 for e in entries], [(e["max"] - e["median"]) if e else 0 for e in entries]]
+        err = [[(e["median"] - e["min"]) if e else 0 for e in entries],
+               [(e["max"] - e["median"]) if e else 0 for e in entries]]
         top.bar(xs, med, width=width, yerr=err, capsize=2, label=LOADERS[name].label, color=_colour(name))
     _band_axis(top, bands, width, len(names), "images/sec")
     top.legend(fontsize=7, ncol=2)
     s = doc["settings"]
-    top.set_title(f"loaders alone, {s['threads']} threads/workers, batch {s['batch']}, m = {s['magnitude']:g}, {s['device']}")
+    top.set_title(f"loaders alone, {s['threads']} threads/workers, batch {s['batch']}, m = {s['magnitude']:g}, "
+                  f"{s['device']}")
     peers = [p for p in PEERS if any(p in doc["ratios"][str(b)] for b in bands)]
     width = 0.8 / max(len(peers), 1)
     for i, peer in enumerate(peers):

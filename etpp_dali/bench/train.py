@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from etpp_dali.train.trainer import train
+
 __all__ = ["bench_train", "time_to"]
 
 
@@ -50,8 +52,6 @@ def bench_train(base: Any, output: str | Path, *, val_every: int = 1) -> dict[st
     epochs. Returns per run the top-1 curve against training wall-clock, the stages' images/sec
     and loader share of the step time, and the speed-ups (wall-clock, compute, time to the
     baseline's final top-1)."""
-    from etpp_dali.train.trainer import train
-
     runs: dict[str, dict[str, Any]] = {}
     for name, overrides in (("etpp", {}), ("baseline", {"baseline": True})):
         cfg = dataclasses.replace(base, output=str(Path(output) / name), val_every=val_every, **overrides)

@@ -8,26 +8,50 @@ end, the worker processes alive in it (pids with start times) and the CPU second
 and its workers spent in it, any other process of the same benchmark run seen alive at its
 start or end, and the peak memory. Then the loader is closed and its workers are waited for.
 On an error the result holds the error instead, and the exit status is 1.
+
+The loaders are built by the module of their family (:func:`~etpp_dali.bench.loaders.window_module`:
+:mod:`etpp_dali.bench.dali_window` or :mod:`etpp_dali.bench.torch_window`), which runs
+:func:`main` with its builder; the benchmark starts that module. Started as this module, the
+window becomes that one in place (``exec``: the same process), so a window never holds the
+other family's libraries.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, NoReturn
 
-from etpp_dali.bench.loaders import Running, WindowSpec, build_loader
-from etpp_dali.bench.processes import ProcStat, descendants, marked_processes
+import torch
+
+from etpp_dali.bench.loaders import Running, WindowSpec, window_module
+from etpp_dali.bench.processes import RUN_MARKER, ProcStat, descendants, error_line, marked_processes
 from etpp_dali.bench.record import peak_rss_mb
+from etpp_dali.data.scan import ImageRecord
+from etpp_dali.data.sources import Source
 from etpp_dali.util.files import write_text_atomic
 
-__all__ = ["RUN_MARKER", "error_line", "run_window", "main"]
+# RUN_MARKER and error_line live in processes (the parent reads them without torch); importable here too
+__all__ = ["RUN_MARKER", "Builder", "become_window_module", "cuda_sync", "error_line", "exit_window", "load_sample",
+           "main", "run_window"]
 
-RUN_MARKER = "ETPP_BENCH_RUN"  # set by the parent for each window process; workers inherit it
+Builder = Callable[[WindowSpec, Source], Running]  # a window module's: the spec's loader over the sample
+
+
+def load_sample(path: str | Path) -> Source:
+    """The :class:`~etpp_dali.data.sources.Source` of a sample list
+    (:func:`~etpp_dali.bench.loaders.write_sample`)."""
+    doc = json.loads(Path(path).read_text())
+    return Source(doc["name"], doc["classes"], [ImageRecord(*r) for r in doc["records"]])
+
+
+def cuda_sync(spec: WindowSpec) -> Callable[[], None] | None:
+    """What the window waits on before reading the clock: the GPU's queued work, on ``cuda``."""
+    return torch.cuda.synchronize if spec.device == "cuda" else None
 
 
 def _workers() -> dict[int, ProcStat]:
@@ -94,13 +118,11 @@ def _wait_workers_gone(timeout: float = 15.0) -> int:
     return len(left)
 
 
-def run_window(spec: WindowSpec) -> dict[str, Any]:
-    """Build, warm up, time and close one loader in this process; the window's record."""
-    import torch
-
+def run_window(spec: WindowSpec, build: Builder) -> dict[str, Any]:
+    """Build (with ``build``), warm up, time and close one loader in this process; the window's record."""
     torch.set_num_threads(spec.threads)
     t = time.perf_counter()
-    loader = build_loader(spec)
+    loader = build(spec, load_sample(spec.sample))
     build_s = time.perf_counter() - t
     try:
         record = _timed(loader, spec)
@@ -119,22 +141,14 @@ def _thread_count() -> int | None:
         return None
 
 
-_ERROR_LINE = re.compile(r"(\w+(?:Error|Exception|Interrupt|Exit)): (.+)")
-
-
-def error_line(text: str) -> str:
-    """One line for a table: the innermost ``SomeError: message`` of an error's text (DALI wraps
-    the Python error of an operator in pages of context), else its first line."""
-    found = [m.group(0) for m in map(_ERROR_LINE.search, text.splitlines()) if m]
-    return (found[-1] if found else text.strip().splitlines()[0] if text.strip() else "unknown error")[:300]
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(build: Builder, argv: list[str] | None = None) -> int:
+    """A window module's entry: ``SPEC.json RESULT.json`` from ``argv`` (default: the command
+    line); writes the result and returns the exit status."""
     spec_path, result_path = (argv if argv is not None else sys.argv[1:])[:2]
-    spec = WindowSpec(**json.loads(open(spec_path).read()))
+    spec = WindowSpec(**json.loads(Path(spec_path).read_text()))
     head = {**spec.as_record(), "pid": os.getpid()}
     try:
-        record = {**head, **run_window(spec), "error": None}
+        record = {**head, **run_window(spec, build), "error": None}
         status = 0
     except BaseException as exc:  # reported by name in the results; the other loaders go on
         traceback.print_exc()
@@ -145,8 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-if __name__ == "__main__":
-    code = main()
+def exit_window(status: int) -> NoReturn:
+    """End the window's process: the loader is closed and its workers are gone, so the slow
+    interpreter teardown is skipped."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)  # the loader is closed and its workers are gone: skip the slow interpreter teardown
+    os._exit(status)
+
+
+def become_window_module(argv: list[str]) -> NoReturn:
+    """This process, started as ``etpp_dali.bench.window SPEC RESULT``, as the window module of
+    the spec's loader (``exec``: same process, same pid)."""
+    loader = json.loads(Path(argv[0]).read_text())["loader"]
+    os.execv(sys.executable, [sys.executable, "-m", window_module(loader), *argv])
+
+
+if __name__ == "__main__":
+    become_window_module(sys.argv[1:])

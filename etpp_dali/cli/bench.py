@@ -32,7 +32,8 @@ def bench() -> None:
 def bench_op_cmd(device: str, backends: str, bands: str, input_size: int, batch_size: int, layout: str, dtype: str,
                  threads: int | None, json_path: str | None) -> None:
     """The Fourier crop alone: images/sec per backend and band (and against a copy on CUDA)."""
-    from etpp_dali.bench.record import bench_op, markdown_table
+    from etpp_dali.bench.crop import bench_op
+    from etpp_dali.bench.record import markdown_table
 
     backend_list = [b.strip() for b in backends.split(",") if b.strip()]
     for b in backend_list:
@@ -58,7 +59,8 @@ def bench_op_cmd(device: str, backends: str, bands: str, input_size: int, batch_
 def bench_crop_cmd(data_dir: str, bands: str, resolution: int, batch_size: int, threads: int, rounds: int,
                    json_path: str | None) -> None:
     """Decode, random crop, flip, then the exact crop vs the resize to B, in one DALI CPU run."""
-    from etpp_dali.bench.record import bench_crop_pipeline, markdown_table
+    from etpp_dali.bench.crop import bench_crop_pipeline
+    from etpp_dali.bench.record import markdown_table
     from etpp_dali.data.scan import DataError, scan_dataset
 
     band_list = int_list(bands, "--bands")
@@ -164,6 +166,57 @@ def bench_train_cmd(recipe: str, val_every: int, output: str, json_path: str | N
         plot_curves(doc["curves"], plot, "training wall-clock (min; evaluation excluded)", "val top-1 (%)",
                     "ET++ against the baseline")
     _emit({"benchmark": "train", **doc}, json_path, _train_table(doc))
+
+
+@bench.command("mae")
+@click.option("--recipe", default="mae_demo", show_default=True, help="The MAE recipe (its schedule is ET++'s).")
+@click.option("--budget", type=float, default=None, help="ET++ budget E; the baselines train E and --ratio x E epochs.")
+@click.option("--ratio", type=float, default=1.5, show_default=True, help="The larger baseline's compute over E.")
+@click.option("--seeds", default="0,1", show_default=True, help="Comma-separated seeds.")
+@click.option("--finetune-recipe", default="demo", show_default=True, help="The supervised recipe each encoder "
+              "is fine-tuned with (--init-from), and a classifier trained from scratch.")
+@click.option("--finetune-budget", type=float, default=4.0, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--output", default="runs/bench-mae", show_default=True, help="Folder for every run.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of k-NN top-1 against wall-clock.")
+def bench_mae_cmd(recipe: str, budget: float | None, ratio: float, seeds: str, finetune_recipe: str,
+                  finetune_budget: float, threads: int | None, output: str, json_path: str | None,
+                  plot: str | None) -> None:
+    """MAE with ET++ against plain MAE at equal and --ratio x the compute, over seeds: pre-training
+    wall-clock, compute, k-NN top-1 and the top-1 after a short fine-tune of each encoder."""
+    from etpp_dali.bench.mae import bench_mae, mae_tables
+    from etpp_dali.train.config import RecipeError, merge_recipe
+    from etpp_dali.util.plots import plot_curves
+
+    if ratio <= 0:
+        fail(f"--ratio {ratio}: must be > 0")
+    out = Path(output)
+    if any(out.glob("*/last.pt")):
+        fail(f"--output {out} holds runs already; choose another folder")
+    try:
+        base = merge_recipe(recipe, {"budget": budget, "threads": threads, "progress": False})
+        if base.task != "mae":
+            raise RecipeError(f"--recipe {recipe}: not an MAE recipe (task: {base.task}); use e.g. mae_demo")
+        doc = bench_mae(base, out, seeds=_seeds(seeds), ratio=ratio, finetune_recipe=finetune_recipe,
+                        finetune_budget=finetune_budget)
+    except RecipeError as exc:
+        fail(str(exc))
+    _emit({"benchmark": "mae", **doc}, json_path, mae_tables(doc))
+    if plot:
+        written = plot_curves(doc["curves"], plot, "pre-training wall-clock (min; evaluation excluded)",
+                              "k-NN top-1 (%)", "MAE: ET++ against the baseline")
+        click.echo(f"plot written to {written}")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        fail(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1")
+    return seeds
 
 
 def _train_table(doc: dict[str, Any]) -> str:

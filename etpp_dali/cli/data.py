@@ -4,7 +4,6 @@ pipeline would not decode."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -37,30 +36,21 @@ def demo_data(out_dir: str, classes: int, train_per_class: int, val_per_class: i
 
 @click.command("check-data")
 @click.argument("data_dir", type=click.Path())
-@click.option("--no-cache", is_flag=True, help="Re-inspect every file instead of trusting the scan cache.")
+@click.option("--no-cache", is_flag=True, help="Re-inspect every file instead of trusting the index.")
 @click.option("--deep", is_flag=True, help="Decode every image fully (slow; finds damage inside JPEG data).")
-def check_data(data_dir: str, no_cache: bool, deep: bool) -> None:
-    """Report every file the pipeline will not decode, empty classes, and val-only classes.
+@click.option("--problems", "problems_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the full list of problems here (default: a file in the cache folder).")
+def check_data(data_dir: str, no_cache: bool, deep: bool, problems_file: str | None) -> None:
+    """Report the files the pipeline will not decode, empty classes, and val-only classes: counts
+    per reason, the first few, and the file with the full list.
 
-    Exit status 0 when the data set is clean, 1 with the list of problems otherwise. The data
-    is never changed.
+    Exit status 0 when the data set is clean, 1 when there are problems. The data is never changed.
     """
-    from etpp_dali.data.scan import DataError, scan_dataset
+    from etpp_dali.data.check import check_data as run_check
+    from etpp_dali.data.scan import DataError
 
     try:
-        scan = scan_dataset(data_dir, use_cache=not no_cache, deep=deep)
+        status = run_check(data_dir, deep=deep, use_cache=not no_cache, problems_file=problems_file, echo=click.echo)
     except DataError as exc:
         fail(str(exc))
-    splits = [("train" if scan.val is not None or (Path(data_dir) / "train").is_dir() else ".", scan.train)]
-    if scan.val is not None:
-        splits.append(("val", scan.val))
-    for name, split in splits:
-        click.echo(f"{name}: {len(split)} images in {len(split.classes)} classes, {len(split.bad)} bad files")
-    problems = scan.problems()
-    if not problems:
-        click.echo("clean: every file decodes")
-        return
-    click.echo(f"{len(problems)} problem(s):")
-    for p in problems:
-        click.echo(f"  {p}")
-    sys.exit(1)
+    sys.exit(status)

@@ -9,6 +9,7 @@ import click
 
 from etpp_dali.cli.options import fail, stage_batch_option
 from etpp_dali.curriculum.batching import BatchError, global_batch_size, resolve_stage_batches, stage_batch_rows
+from etpp_dali.curriculum.patches import MAE_MASK_RATIO, mae_curriculum, token_table
 from etpp_dali.curriculum.presets import FAMILIES, PRESETS
 from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
 
@@ -43,19 +44,30 @@ MEASURE_BATCH = 64  # the batch `etpp schedule --measure` times at without --bat
 @click.option("--data", default=None, help="With --measure: the data the loader reads (default: the demo set).")
 @click.option("--baseline-budget", type=float, default=None,
               help="Epochs of the baseline the speed-ups are against (default: the schedule's; 300 for presets).")
+@click.option("--mae-patch", type=int, default=None,
+              help="The MAE schedule of a ViT with this patch size: bands on its grid, no RandAugment, and each "
+                   "stage's tokens and the encoder's visible tokens.")
+@click.option("--mask-ratio", type=float, default=MAE_MASK_RATIO, show_default=True, help="With --mae-patch.")
 def schedule(preset: str, family: str, budget: float | None, resolution: int | None, replay: bool,
              batch_size: int | None, global_batch: int | None, stage_batch: str | None, devices: int,
              as_json: bool, plot: str | None, measure: bool, model: str | None, device: str, data: str | None,
-             baseline_budget: float | None) -> None:
+             baseline_budget: float | None, mae_patch: int | None, mask_ratio: float) -> None:
     """Print a curriculum: per stage its band, magnitude, replay, data epochs (and with
     --batch-size its per-device batch and gradient accumulation); then the totals. With
     --measure, also the wall-clock predicted from timings on this machine."""
     try:
         cur = Curriculum.resolve(preset, family=family, budget=budget, resolution=resolution, replay=replay,
                                  baseline_budget=baseline_budget)
+        cur = mae_curriculum(cur, mae_patch) if mae_patch is not None else cur
     except ScheduleError as exc:
         fail(str(exc))
     summary = cur.summary(baseline_budget)
+    if mae_patch is not None:
+        if not 0.0 < mask_ratio < 1.0:
+            fail(f"--mask-ratio {mask_ratio}: must be between 0 and 1 (MAE: 0.75)")
+        for row, tokens in zip(summary["stages"], token_table(cur, mae_patch, mask_ratio)):
+            row.update(tokens=tokens["tokens"], visible=tokens["visible"], step_cost=tokens["step_cost"])
+        summary.update(mae_patch=mae_patch, mask_ratio=mask_ratio)
     if batch_size is not None:
         cur = _add_stage_batches(summary, cur, batch_size, global_batch, stage_batch, devices)
     elif global_batch is not None or stage_batch is not None:
@@ -106,24 +118,39 @@ def _add_stage_batches(summary: dict, cur: Curriculum, batch_size: int, global_b
     return resolved
 
 
+def _extra_columns(summary: dict) -> list[tuple[str, int, str, str]]:
+    """The columns after the fixed ones: (title, width, row key, format) of the stage batches
+    (with --batch-size) and of the MAE tokens (with --mae-patch)."""
+    columns = []
+    if "global_batch" in summary:
+        columns += [("batch", 6, "batch", ""), ("accum", 5, "accumulation", "")]
+    if "mae_patch" in summary:
+        columns += [("tokens", 6, "tokens", ""), ("visible", 7, "visible", ""), ("cost", 6, "step_cost", ".3f")]
+    return columns
+
+
 def _print_schedule(cur: Curriculum, summary: dict) -> None:
     """The table ``etpp schedule`` prints (and the --measure report under it)."""
     batches = "global_batch" in summary
     unit = "full-resolution epochs of compute" if cur.split == "compute" else "data epochs"
     click.echo(f"{cur.name}: budget E = {cur.budget:g} ({unit}), R = {cur.resolution}, cost ~ (B/R)^{cur.alpha:g}")
+    if "mae_patch" in summary:
+        click.echo(f"MAE: {summary['mae_patch']}-px patches, tokens (B/{summary['mae_patch']})^2 a stage, the encoder "
+                   f"sees {1 - summary['mask_ratio']:.0%} of them; cost: a step against a full-resolution one")
     if batches:
         click.echo(f"global batch {summary['global_batch']} over {summary['devices']} device(s); batch: per device, "
                    "accum: micro-batches per optimiser step")
     header = (f"{'stage':>5} {'band':>5} {'mag':>5} {'replay':>6} {'epochs':>7} {'epoch range':>13} {'compute':>8} "
               f"{'cumul.':>7}")
-    header += f" {'batch':>6} {'accum':>5}" if batches else ""
+    extra = _extra_columns(summary)
+    header += "".join(f" {title:>{width}}" for title, width, _, _ in extra)
     click.echo(header)
     click.echo("-" * len(header))
     for row in summary["stages"]:
         rng = f"{row['start_epoch']}-{row['end_epoch'] - 1}" if row["epochs"] else "-"
         line = (f"{row['stage']:>5} {row['band']:>5} {row['magnitude']:>5g} {row['replay']:>6} "
                 f"{row['epochs']:>7} {rng:>13} {row['compute_share']:>8.1%} {row['cumulative_compute']:>7.1%}")
-        click.echo(line + (f" {row['batch']:>6} {row['accumulation']:>5}" if batches else ""))
+        click.echo(line + "".join(f" {format(row[key], spec):>{width}}" for _, width, key, spec in extra))
     click.echo("-" * len(header))
     click.echo(f"data epochs {summary['data_epochs']}, compute {summary['total_compute']:.1f} full-res epochs, "
                f"relative compute {summary['relative_compute']:.3f} of a {summary['baseline_budget']:g}-epoch "

@@ -18,6 +18,9 @@ __all__ = ["print_summary", "train"]
 @click.option("--recipe", default=None, help="A recipe YAML (pipelines/) or its name; default: the demo recipe.")
 @click.option("--data", default=None, help="ImageFolder root with train/ and val/ (default: the embedded demo set).")
 @click.option("--val-split", type=float, default=None, help="Hold out this fraction of train when there is no val/.")
+@click.option("--trust-data", is_flag=True, default=None,
+              help="Index new files from their headers only (format, size), without the end-of-file check; "
+                   "a file the decoder fails on is still left out at run time.")
 @click.option("--model", default=None, help="Any timm model name.")
 @click.option("--preset", default=None, help="etpp, et, baseline or a schedule file (a file keeps its own budget "
               "unless --budget is given: the recipe's budget belongs to the recipe's preset).")
@@ -57,6 +60,10 @@ __all__ = ["print_summary", "train"]
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--tensorboard", is_flag=True, default=None,
               help="Also log scalars for TensorBoard (pip install tensorboard).")
+@click.option("--init-from", default=None,
+              help="Start from the encoder of a checkpoint of this project (RUN/last.pt of an MAE pre-training): "
+                   "the decoder is dropped, the head is new; the model is the checkpoint's unless --model is given.")
+@click.option("--linear-probe", is_flag=True, default=None, help="With --init-from: train the head only.")
 @click.pass_context
 def train(ctx: click.Context, recipe: str | None, resume: bool, nproc: int | None, no_progress: bool,
           stage_batch: str | None, echo: str | None, **flags: Any) -> None:
@@ -66,6 +73,7 @@ def train(ctx: click.Context, recipe: str | None, resume: bool, nproc: int | Non
         merge_recipe,
     )
     from etpp_dali.train.distributed import needs_launch, run_under_torchrun
+    from etpp_dali.train.finetune import checkpoint_architecture
     from etpp_dali.train.trainer import start_run
 
     child_args = command_line(ctx.params, ctx.command, [p.name for p in ctx.command.params if p.name != "nproc"])
@@ -74,6 +82,8 @@ def train(ctx: click.Context, recipe: str | None, resume: bool, nproc: int | Non
     if needs_launch(nproc):
         sys.exit(run_under_torchrun(nproc, child_args))
     try:
+        if flags.get("init_from") and flags.get("model") is None:
+            flags.update(checkpoint_architecture(flags["init_from"]))  # the encoder's model and patch size
         summary = start_run(merge_recipe(recipe, flags), resume=resume)
     except RecipeError as exc:
         fail(str(exc))
@@ -91,6 +101,8 @@ def print_summary(s: dict[str, Any]) -> None:
     click.echo(markdown_table(s["stages"], ["stage", "band", "magnitude", "batch", "accumulation", "echo", "epochs",
                                            "done", "wall_s", "images_per_s"]))
     top = f"top-1 {s['top1']:.1f}%, top-5 {s['top5']:.1f}%" if s.get("top1") is not None else "not evaluated"
+    if s.get("knn_top1") is not None:
+        top = f"k-NN top-1 {s['knn_top1']:.1f}%"
     if s.get("ema_top1") is not None:
         top += f" (EMA top-1 {s['ema_top1']:.1f}%)"
     click.echo(f"\n{s['model']} on {s['schedule']}: {s['epochs_done']}/{s['epochs']} epochs in {s['wall_s']:.0f} s; "

@@ -30,4 +30,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "global_batch_size": "batching",
     "auto_stage_batch": "batching",
     "accumulation": "batching",
+    "patch_curriculum": "patches",
+    "mae_curriculum": "patches",
+    "token_table": "patches",
 })

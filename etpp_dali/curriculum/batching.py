@@ -16,9 +16,9 @@ activations, and for a convnet its compute, scale with ``B^2``, so a micro-batch
 then costs no more memory than one at full resolution and fills the device the same way. The
 result is rounded to the nearest divisor of ``global_batch / world`` by ratio (so the
 accumulation is whole; with power-of-two batches a micro-batch then takes at most about 1.4x the
-memory of a full-resolution one: measured on the demo, 128 rather than 64 at B = 46 of R = 64
-made those stages 1.1x faster), never above the global batch per device nor ``stage_batch_cap``
-when one is given. On one device the batch can grow only up
+memory of a full-resolution one: the nearest rather than the next lower divisor, because a
+larger micro-batch keeps the device busier at the small bands, where steps are short), never
+above the global batch per device nor ``stage_batch_cap`` when one is given. On one device the batch can grow only up
 to the global batch: a larger global batch, accumulated at the large bands, leaves room.
 
 This module imports neither torch nor DALI.

@@ -55,14 +55,7 @@ def balanced_subset(labels: np.ndarray, pool: np.ndarray, fraction: float, seed:
 
 
 def holdout_split(source: Source, fraction: float, seed: int) -> tuple[Source, Source]:
-    """``source`` split by :func:`holdout_indices` into (train, val) sources; the files the scan
-    left out stay reported with train."""
+    """``source`` split by :func:`holdout_indices` into (train, val) sources (views of the same
+    index); the files the scan left out stay reported with train."""
     kept, held = holdout_indices(source.labels, fraction, seed)
-    train = _subset(source, kept)
-    train.bad = source.bad
-    return train, _subset(source, held)
-
-
-def _subset(source: Source, indices: np.ndarray) -> Source:
-    members = None if source.members is None else [source.members[i] for i in indices]
-    return Source(source.name, source.classes, [source.records[i] for i in indices], [], members)
+    return source.subset(kept, source.bad), source.subset(held)

@@ -27,16 +27,33 @@ with replay has more, smaller fresh batches).
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Protocol, Sequence
 
 import torch
 
-if TYPE_CHECKING:
-    from etpp_dali.loader.loaders import CurriculumLoader
-
-__all__ = ["DALIStyleIterator", "LAST_BATCH_POLICIES"]
+__all__ = ["DALIStyleIterator", "EpochLoader", "LAST_BATCH_POLICIES"]
 
 LAST_BATCH_POLICIES = ("FILL", "DROP", "PARTIAL")
+
+
+class EpochLoader(Protocol):
+    """What the iterator reads of its loader (a :class:`~etpp_dali.loader.loaders.CurriculumLoader`);
+    the loader module imports this one, never the reverse."""
+
+    curriculum: Any
+    epoch: int
+    step: int
+    shard_len: int
+    batch_meta: dict[str, Any]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def batch_for_epoch(self, epoch: int | None = None) -> int: ...
+    def batches_in_epoch(self, epoch: int | None = None) -> int: ...
+    def fresh_batch_size(self, epoch: int | None = None) -> int: ...
+    def echoes(self, epoch: int) -> bool: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def _policy_name(policy: Any) -> str:
@@ -56,9 +73,10 @@ def _auto_reset(value: Any) -> bool:
 
 
 class DALIStyleIterator:
-    """A :class:`CurriculumLoader` seen through DALI's ``DALIGenericIterator`` protocol."""
+    """A :class:`~etpp_dali.loader.loaders.CurriculumLoader` seen through DALI's ``DALIGenericIterator``
+    protocol."""
 
-    def __init__(self, loader: "CurriculumLoader", output_map: Sequence[str] = ("data", "label"), *,
+    def __init__(self, loader: EpochLoader, output_map: Sequence[str] = ("data", "label"), *,
                  auto_reset: bool | str | None = False, last_batch_policy: Any = "FILL") -> None:
         output_map = list(output_map)
         if len(output_map) != 2 or len(set(output_map)) != 2 or not all(isinstance(n, str) for n in output_map):

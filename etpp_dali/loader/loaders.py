@@ -14,109 +14,69 @@ together with its band and random draws (``fn.external_source``; the RandAugment
 at the stage's magnitude), in the order the batches will be consumed. Prefetched batches of the
 next epoch already carry that epoch's settings, so ``set_epoch`` never lags, and nothing is
 rebuilt at a stage change (the cost of a change is one batch of new shapes). A pipeline is
-rebuilt only when a run jumps (a ``set_epoch`` out of order, or ``load_state_dict``): well under
-a second. Which images make which batch: :mod:`etpp_dali.loader.plans`.
+rebuilt only when a run jumps (a ``set_epoch`` out of order, or ``load_state_dict``): a pipeline
+start, no scan. Which images make which batch: :mod:`etpp_dali.loader.plans`.
+
+Settings: everything besides the data and the curriculum is one
+:class:`~etpp_dali.loader.settings.LoaderSettings`, given as keywords (``batch_size=256,
+device="cuda", ...``) or as ``settings=LoaderSettings(...)``: the same object either way.
 
 Replay (EfficientTrain++) and echo: a stage with replay factor r has r times fewer data epochs
 in the schedule and r times the steps per epoch, so its steps and compute stay the same. With
 ``echo="augment"`` (the default) the loader decodes each image once and uses it r times, each
-use with its own draws (:mod:`etpp_dali.loader.echo.schedule`, :mod:`etpp_dali.loader.echo.stages`); ``echo=N`` runs
-every stage at r = N and ``"off"`` at r = 1, with the same steps; ``echo="auto"`` chooses r per
-epoch, up to ``echo_max``, from how long the caller waited for batches in the epoch before
-(:mod:`etpp_dali.loader.echo.auto`; the choices are logged, in :attr:`CurriculumLoader.echo_choices`
-and in the state). ``echo="tensor"`` is the
-reference's replay: ``batch_size // r`` fresh images per step, the rest of the batch drawn
-uniformly, with replacement, from a FIFO buffer of recently produced (augmented) samples,
-which starts empty at each stage (:mod:`etpp_dali.loader.echo.replay`). ``reprob``: random erasing after
-the crop (:mod:`etpp_dali.ops.erasing`), drawn per batch, so each use of an image is erased anew.
+use with its own draws (:mod:`etpp_dali.loader.echo.schedule`, :mod:`etpp_dali.loader.echo.stages`);
+``echo=N`` runs every stage at r = N and ``"off"`` at r = 1, with the same steps; ``echo="auto"``
+chooses r per epoch, up to ``echo_max``, from how long the caller waited for batches in the epoch
+before (:mod:`etpp_dali.loader.echo.auto`; the choices are logged, in
+:attr:`CurriculumLoader.echo_choices` and in the state). ``echo="tensor"`` is the reference's
+replay: ``batch_size // r`` fresh images per step, the rest of the batch drawn uniformly, with
+replacement, from a FIFO buffer of recently produced (augmented) samples, which starts empty at
+each stage (:mod:`etpp_dali.loader.echo.replay`). ``reprob``: random erasing after the crop
+(:mod:`etpp_dali.ops.erasing`), drawn per batch, so each use of an image is erased anew.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
-from etpp_dali.data.sources import Source, open_source, report_left_out
+from etpp_dali.curriculum.schedule import Curriculum, ScheduleError, Stage
+from etpp_dali.loader.dali_iterator import DALIStyleIterator
 from etpp_dali.loader.echo.auto import AutoEcho
 from etpp_dali.loader.echo.replay import ReplayBuffer
-from etpp_dali.loader.echo.schedule import (
-    DEFAULT_ECHO_BUFFER_MB,
-    EchoEpoch,
-    EchoSchedule,
-    echo_factor_value,
-    parse_echo,
-)
+from etpp_dali.loader.echo.schedule import EchoEpoch, EchoLayouts, EchoSchedule, decoded_image_bytes
 from etpp_dali.loader.echo.stages import DecodeStage, EchoFeed
-from etpp_dali.loader.graphs import (
-    TRAIN_OUTPUTS,
-    VAL_OUTPUTS,
-    PipelineConfig,
-    define_echo_pipeline,
-    define_train_pipeline,
-    define_val_pipeline,
-)
-from etpp_dali.loader.plans import Feed, TrainPlan, ValPlan
+from etpp_dali.loader.graphs import TRAIN_OUTPUTS, define_echo_pipeline, define_train_pipeline
+from etpp_dali.loader.plans import EpochSteps, Feed, TrainPlan
 from etpp_dali.loader.runner import PipelineRunner
+from etpp_dali.loader.settings import DataArg, LoaderSettings, distributed_shard, settings_from
+from etpp_dali.loader.validation import ValidationLoader
 from etpp_dali.ops.erasing import RandomErasing
 from etpp_dali.util.devices import resolve_device
-from etpp_dali.util.threads import usable_cores
 
-__all__ = ["CurriculumLoader", "ValidationLoader", "resolve_device", "distributed_shard"]
+# ValidationLoader, distributed_shard and resolve_device are importable from here as before
+__all__ = ["CurriculumLoader", "ValidationLoader", "LoaderSettings", "resolve_device", "distributed_shard"]
 
 _STATE_VERSION = 1
 _ERASING_STREAM = 0xE7A5E  # keeps the erasing draws apart from the pipeline's per-batch draws
 
 
-def distributed_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
-    """The rank and world size: given, else from an initialised ``torch.distributed``."""
-    if shard_id is None and num_shards is None and torch.distributed.is_available() \
-            and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    shard_id, num_shards = shard_id or 0, num_shards or 1
-    if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id = {shard_id} is outside 0..{num_shards - 1}")
-    return shard_id, num_shards
-
-
-def _loader_device(device: str, device_id: int | None) -> torch.device:
-    """:func:`resolve_device`, with the current CUDA device made explicit (DALI and torch then agree)."""
-    resolved = torch.device(resolve_device(device, device_id))
-    if resolved.type == "cuda" and resolved.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return resolved
-
-
-def _pipeline_config(device: torch.device, num_threads: int | None, interpolation: str | None,
-                     **kwargs: Any) -> PipelineConfig:
-    gpu = device.type == "cuda"
-    return PipelineConfig(device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
-                          num_threads=num_threads or usable_cores(), interpolation=interpolation or "cubic",
-                          **kwargs)
-
-
-def _open(data: str | Path | Sequence[str | Path] | Source, split: str, classes: Sequence[str] | None,
-          verbose: bool) -> Source:
-    source = data if isinstance(data, Source) else open_source(data, split, classes=classes)
-    if verbose:
-        report_left_out(source)
-    return source
-
-
-def _single_graph(schedule: EchoSchedule, epoch: int) -> bool:
-    return not schedule.echoes(epoch)
-
-
-def _format(x: torch.Tensor, channels_last: bool, dtype: torch.dtype) -> torch.Tensor:
-    """The memory format and dtype the caller asked for."""
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x if dtype == torch.float32 else x.to(dtype)
+def _check_resumable(state: dict[str, Any], fingerprint: str, current: dict[str, Any]) -> None:
+    """Raise unless a loader state was saved with the schedule of ``fingerprint`` and ``current``
+    settings (a state saved before loaders had an echo setting passes on that one)."""
+    if state.get("version") != _STATE_VERSION:
+        raise ValueError(f"loader state version {state.get('version')!r} is not {_STATE_VERSION}")
+    if state["schedule"] != fingerprint:
+        raise ScheduleError("the loader state was saved with another schedule; resume with the same "
+                            "preset, budget and resolution")
+    for key, value in current.items():
+        if state.get(key, value if key == "echo" else None) != value:
+            raise ValueError(f"loader state has {key} = {state[key]!r}, this loader {value!r}; "
+                             "resume with the same data and settings")
 
 
 class CurriculumLoader:
@@ -126,49 +86,39 @@ class CurriculumLoader:
     WebDataset ``.tar`` shards. Bad files are listed once (stderr, unless ``verbose=False``) and
     left out. Yields ``(images, labels)``: float32 N x 3 x B x B (normalised;
     ``channels_last``/``dtype`` on request) and int64 labels, on ``device`` (``"auto"``: the GPU
-    when there is one; ``device_id`` or ``"cuda:N"`` picks the GPU).
+    when there is one; ``device_id`` or ``"cuda:N"`` picks the GPU). The settings: ``batch_size``
+    and the keywords of :class:`~etpp_dali.loader.settings.LoaderSettings`, or ``settings=``.
     """
 
-    def __init__(self, data: str | Path | Sequence[str | Path] | Source, curriculum: Curriculum,
-                 batch_size: int, *, device: str = "auto", device_id: int | None = None,
-                 num_threads: int | None = None, seed: int = 0, lowpass: str = "fourier",
-                 fourier_backend: str = "auto", randaugment: bool = True, interpolation: str | None = None,
-                 hw_decoder_load: float = 0.65, shard_id: int | None = None, num_shards: int | None = None,
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32, prefetch: int = 2,
-                 replay_buffer: int | None = None, echo: str | int = "augment", echo_max: int = 4,
-                 echo_buffer_mb: float = DEFAULT_ECHO_BUFFER_MB, reprob: float = 0.0, verbose: bool = True) -> None:
+    def __init__(self, data: DataArg, curriculum: Curriculum, batch_size: int | None = None, *,
+                 settings: LoaderSettings | None = None, **options: Any) -> None:
         if not isinstance(curriculum, Curriculum):
             raise TypeError("curriculum must be a Curriculum (Curriculum.preset(...) or Curriculum.from_file(...))")
-        if batch_size < 1:
-            raise ValueError(f"batch_size = {batch_size} is invalid; use an integer >= 1")
-        self.curriculum, self.batch_size, self.seed = curriculum, batch_size, seed
-        self.device = _loader_device(device, device_id)
-        self.source = _open(data, "train", None, verbose)
-        self.shard_id, self.num_shards = distributed_shard(shard_id, num_shards)
-        largest = max([batch_size] + [s.batch for s in curriculum.stages])  # the pipeline's batch: any stage's fits
-        self.cfg = _pipeline_config(self.device, num_threads, interpolation, resolution=curriculum.resolution,
-                                    batch_size=largest, seed=seed, lowpass=lowpass,
-                                    fourier_backend=fourier_backend, randaugment=randaugment,
-                                    hw_decoder_load=hw_decoder_load, prefetch=prefetch)
-        self.plan = TrainPlan(self.source, curriculum, batch_size, self.cfg, seed=seed, shard_id=self.shard_id,
-                              num_shards=self.num_shards)
-        self.shard_len = self.plan.shard_len  # this rank's images per epoch (before the last batch is completed)
+        self.settings = settings = settings_from("CurriculumLoader", settings, batch_size, options)
+        self.curriculum, self.batch_size, self.seed = curriculum, settings.batch_size, settings.seed
+        self.device = settings.torch_device()
+        self.source = settings.open_data(data, "train")
+        self.shard_id, self.num_shards = settings.shard()
+        largest = max([self.batch_size] + [s.batch for s in curriculum.stages])  # any stage's batch fits the pipeline
+        self.cfg = settings.pipeline_config(self.device, curriculum.resolution, largest)
+        self.echo_setting, self.echo_max = settings.echo_setting, settings.echo_max
+        self._decoder = DecodeStage(self.cfg)
+        steps = EpochSteps.of_shard(curriculum, self.batch_size, self.source, self.num_shards)
+        self.auto_echo = AutoEcho(steps, self.echo_max, self._decoder.totals, settings.verbose) \
+            if self.echo_setting.mode == "auto" else None
+        self.echo_schedule = EchoSchedule(steps, decoded_image_bytes(self.source.sizes), self.echo_setting,
+                                          self.auto_echo and self.auto_echo.factor)
+        self.plan = TrainPlan(self.source, steps, self.cfg, seed=self.seed, shard_id=self.shard_id,
+                              num_shards=self.num_shards, tensor_replay=self.echo_setting.mode == "tensor",
+                              runs_here=self.echo_schedule.single_graph)
+        self._layouts = EchoLayouts(self.plan, self.echo_schedule)
+        self.shard_len = steps.shard_len  # this rank's images per epoch (before the last batch is completed)
         self.excluded = self.plan.excluded  # source index -> why the decoder failed on it (left out from then on)
-        self.channels_last, self.dtype = channels_last, dtype
-        self.replay_capacity = replay_buffer
-        self.echo_setting = parse_echo(echo, echo_buffer_mb)
-        self.echo_max = echo_factor_value(echo_max, "echo_max")
-        self.plan.tensor_replay = self.echo_setting.mode == "tensor"
-        self.auto_echo = AutoEcho(self.plan, self.echo_max, lambda: (self._decoder.seconds, self._decoder.images),
-                                  verbose) if self.echo_setting.mode == "auto" else None
-        self.echo_schedule = EchoSchedule(self.plan, self.echo_setting, self.auto_echo and self.auto_echo.factor)
-        self.plan.runs_here = functools.partial(_single_graph, self.echo_schedule)
-        self.erasing = RandomErasing(reprob) if reprob > 0 else None
+        self.erasing = RandomErasing(settings.reprob) if settings.reprob > 0 else None
         self.epoch, self.step = 0, 0
         self._resumed = False
         self._runner = PipelineRunner(TRAIN_OUTPUTS, functools.partial(define_train_pipeline, self.cfg))
         self._echo_runner = PipelineRunner(TRAIN_OUTPUTS, functools.partial(define_echo_pipeline, self.cfg))
-        self._decoder = DecodeStage(self.cfg)
         self._buffer: ReplayBuffer | None = None
         self._buffer_stage = -1
         self.batch_meta: dict[str, Any] = {}
@@ -176,7 +126,7 @@ class CurriculumLoader:
 
     # ------------------------------------------------------------------------- schedule
     @property
-    def stage(self):
+    def stage(self) -> Stage:
         """The :class:`~etpp_dali.curriculum.schedule.Stage` of the current epoch."""
         return self.curriculum.stage_at(min(self.epoch, self.curriculum.total_epochs - 1))
 
@@ -202,8 +152,9 @@ class CurriculumLoader:
     def echo_factor(self, epoch: int | None = None) -> int:
         """The echo factor r the loader runs ``epoch`` at (the current one by default): each decoded
         image serves r samples. It can be below the ``echo`` setting when ``echo_buffer_mb`` holds
-        too few images for it (see :mod:`etpp_dali.loader.echo.schedule`). Under ``echo="auto"``, an epoch whose
-        factor is not chosen yet reads as the factor of the epoch before it (nothing is chosen here)."""
+        too few images for it (see :mod:`etpp_dali.loader.echo.schedule`). Under ``echo="auto"``, an
+        epoch whose factor is not chosen yet reads as the factor of the epoch before it (nothing is
+        chosen here)."""
         epoch = self.epoch if epoch is None else epoch
         if self.auto_echo is not None and epoch not in self.auto_echo.choices:
             return self.auto_echo.factor(epoch, choose=False)
@@ -221,7 +172,7 @@ class CurriculumLoader:
 
     def echo_layout(self, epoch: int) -> EchoEpoch:
         """Which images make each batch of echo epoch ``epoch``."""
-        return self.echo_schedule.layout(epoch)
+        return self._layouts(epoch)
 
     def fresh_batch_size(self, epoch: int | None = None) -> int:
         return self.plan.fresh_batch_size(self.epoch if epoch is None else epoch)
@@ -232,12 +183,10 @@ class CurriculumLoader:
     def __len__(self) -> int:
         return self.batches_in_epoch()
 
-    def dali_iterator(self, output_map: Sequence[str] = ("data", "label"), **options: Any) -> Any:
+    def dali_iterator(self, output_map: Sequence[str] = ("data", "label"), **options: Any) -> DALIStyleIterator:
         """This loader through DALI's PyTorch iterator protocol (``output_map``, ``reset()``,
         ``size``, ``last_batch_policy``, ``auto_reset``): a drop-in for ``DALIGenericIterator``
         loops (:class:`~etpp_dali.loader.dali_iterator.DALIStyleIterator`)."""
-        from etpp_dali.loader.dali_iterator import DALIStyleIterator
-
         return DALIStyleIterator(self, output_map, **options)
 
     def set_epoch(self, epoch: int) -> None:
@@ -276,7 +225,7 @@ class CurriculumLoader:
                 self.erasing(x, np.random.default_rng([self.seed, epoch, self.step, self.shard_id, _ERASING_STREAM]))
             self.step += 1
             handed_out = time.perf_counter()
-            yield _format(x, self.channels_last, self.dtype), y
+            yield self.settings.format_images(x), y
             if self.auto_echo is not None:  # the caller's time away: from the batch handed out to the next call
                 self.auto_echo.record(epoch, self.step - 1, wait, time.perf_counter() - handed_out)
 
@@ -287,9 +236,8 @@ class CurriculumLoader:
         other.close()
         if runner.feed is None or runner.feed.next_batch() != (epoch, self.step):  # a start, or the run jumped
             position = (epoch, self.step)
-            schedule = self.echo_schedule
-            runner.start(EchoFeed(self.plan, position, schedule.layout, schedule.echoes, self._decoder) if echoes
-                         else Feed(self.plan, position))
+            runner.start(EchoFeed(self.plan, position, self._layouts, self.echo_schedule.echoes, self._decoder)
+                         if echoes else Feed(self.plan, position))
         return runner
 
     def _fresh_count(self, epoch: int, produced: int) -> int:
@@ -305,7 +253,7 @@ class CurriculumLoader:
         if self.echo_setting.mode != "tensor" or stage.replay == 1:
             return None
         if self._buffer_stage != stage.index:
-            capacity = self.replay_capacity or stage.buffer or 8 * (stage.batch or self.batch_size)
+            capacity = self.settings.replay_buffer or stage.buffer or 8 * (stage.batch or self.batch_size)
             self._buffer, self._buffer_stage = ReplayBuffer(capacity), stage.index
         return self._buffer
 
@@ -327,17 +275,11 @@ class CurriculumLoader:
         return self.echo_layout(self.epoch).held_before(self.step)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r} is not {_STATE_VERSION}")
-        if state["schedule"] != self.curriculum.fingerprint():
-            raise ScheduleError("the loader state was saved with another schedule; resume with the same "
-                                "preset, budget and resolution")
-        current = {"seed": self.seed, "batch_size": self.batch_size, "num_shards": self.num_shards,
-                   "dataset_size": len(self.source), "echo": self.echo_setting.describe()}
-        for key, value in current.items():
-            if state.get(key, value if key == "echo" else None) != value:
-                raise ValueError(f"loader state has {key} = {state[key]!r}, this loader {value!r}; "
-                                 "resume with the same data and settings")
+        """Continue where ``state`` (:meth:`state_dict`) stood; it must come from this schedule, data
+        and settings."""
+        _check_resumable(state, self.curriculum.fingerprint(), {
+            "seed": self.seed, "batch_size": self.batch_size, "num_shards": self.num_shards,
+            "dataset_size": len(self.source), "echo": self.echo_setting.describe()})
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.plan.excluded.clear()
         self.plan.excluded.update({int(i): "failed to decode earlier in this run" for i in state.get("excluded", [])})
@@ -357,47 +299,3 @@ class CurriculumLoader:
     def rebuilds(self) -> int:
         """How many times a training pipeline was built."""
         return self._runner.builds + self._echo_runner.builds
-
-
-class ValidationLoader:
-    """Full-resolution evaluation batches: every image of the split exactly once.
-
-    timm's evaluation transform: the shorter side resized to ``floor(R / crop_pct)``, a centre
-    crop of R, normalised; the sizes and the crop's place are torchvision's, computed in Python,
-    so the CPU and GPU pipelines take the same pixels. With several ranks each takes a
-    contiguous part (sizes differ by at most one image); the last batch of a rank is smaller
-    rather than padded, so no image counts twice.
-    """
-
-    def __init__(self, data: str | Path | Sequence[str | Path] | Source, resolution: int, batch_size: int, *,
-                 classes: Sequence[str] | None = None, device: str = "auto", device_id: int | None = None,
-                 num_threads: int | None = None, shard_id: int | None = None, num_shards: int | None = None,
-                 interpolation: str | None = None, channels_last: bool = False, dtype: torch.dtype = torch.float32,
-                 indices: Sequence[int] | None = None, verbose: bool = True) -> None:
-        self.device = _loader_device(device, device_id)
-        self.source = _open(data, "val", classes, verbose)
-        self.shard_id, self.num_shards = distributed_shard(shard_id, num_shards)
-        everything = np.arange(len(self.source)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.cfg = _pipeline_config(self.device, num_threads, interpolation, resolution=resolution,
-                                    batch_size=batch_size)
-        self.plan = ValPlan(self.source, np.array_split(everything, self.num_shards)[self.shard_id], batch_size,
-                            self.cfg)
-        self.batch_size = batch_size
-        self.channels_last, self.dtype = channels_last, dtype
-        self._runner = PipelineRunner(VAL_OUTPUTS, functools.partial(define_val_pipeline, self.cfg))
-
-    @property
-    def indices(self) -> np.ndarray:
-        """This rank's source indices, in order (less any file the decoder failed on)."""
-        return self.plan.indices
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._runner.start(Feed(self.plan, 0))
-        while self._runner.feed.next_batch() < len(self):
-            out = self._runner.run()
-            self._runner.feed.take()
-            yield _format(out["images"], self.channels_last, self.dtype), out["labels"].to(self.device,
-                                                                                             non_blocking=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -32,45 +33,79 @@ import numpy as np
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.data.scan import DataError
 from etpp_dali.data.sources import Source
-from etpp_dali.loader.graphs import PipelineConfig, make_train_batch, make_val_batch
+from etpp_dali.loader.feeds import PipelineConfig, make_train_batch, make_val_batch
 
-__all__ = ["TrainPlan", "ValPlan", "Feed"]
+__all__ = ["EpochSteps", "TrainPlan", "ValPlan", "Feed"]
 
 
-class TrainPlan:
-    """The batches of one rank over the whole schedule (see the module docstring)."""
+def _every_epoch(epoch: int) -> bool:
+    return True
 
-    def __init__(self, source: Source, curriculum: Curriculum, batch_size: int, cfg: PipelineConfig, *,
-                 seed: int, shard_id: int, num_shards: int) -> None:
-        self.source, self.curriculum, self.batch_size, self.cfg = source, curriculum, batch_size, cfg
-        self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
-        self.shard_len = len(source) // num_shards
-        if self.shard_len < 1:
+
+@dataclass(frozen=True)
+class EpochSteps:
+    """The steps and the batch of each epoch of one rank: what the schedule fixes, whatever the
+    loader decodes. Echo and its ``auto`` choice read them; they need no plan."""
+
+    curriculum: Curriculum
+    batch_size: int
+    shard_len: int  # this rank's images per epoch (before the last batch is completed)
+
+    @classmethod
+    def of_shard(cls, curriculum: Curriculum, batch_size: int, source: Source, num_shards: int) -> EpochSteps:
+        """The steps of one of ``num_shards`` ranks reading ``source``."""
+        shard_len = len(source) // num_shards
+        if shard_len < 1:
             raise DataError(f"{source.name}: {len(source)} images cannot feed {num_shards} ranks")
-        self.excluded: dict[int, str] = {}  # source index -> why the decoder failed on it
-        self.tensor_replay = True  # replay stages decode batch_size // r per step (else the whole batch)
-        self.runs_here: Callable[[int], bool] = lambda epoch: True  # epochs the single graph makes
-        self._labels, self._sizes = source.labels, source.sizes
+        return cls(curriculum, batch_size, shard_len)
 
     def batch_for_epoch(self, epoch: int) -> int:
         """The per-device batch of ``epoch``: its stage's ``batch`` when set, else ``batch_size``."""
         return self.curriculum.stage_at(epoch).batch or self.batch_size
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Steps of ``epoch``: the schedule's (its stage's replay factor r gives r times the steps of
+        a pass over the rank's images), whatever the runtime echo factor."""
+        replay = self.curriculum.stage_at(epoch).replay
+        return math.ceil(self.shard_len / max(1, self.batch_for_epoch(epoch) // replay))
+
+    def successor(self, position: tuple[int, int]) -> tuple[int, int]:
+        """The (epoch, step) after ``position``."""
+        epoch, step = position
+        return (epoch, step + 1) if step + 1 < self.batches_in_epoch(epoch) else (epoch + 1, 0)
+
+
+class TrainPlan:
+    """The batches of one rank over the whole schedule (see the module docstring).
+
+    ``tensor_replay``: replay stages decode ``batch_size // r`` images a step (the loader completes
+    the batch from its replay buffer), else the whole batch; ``runs_here(epoch)``: the epochs the
+    single graph makes (the others echo, :mod:`etpp_dali.loader.echo`)."""
+
+    def __init__(self, source: Source, steps: EpochSteps, cfg: PipelineConfig, *, seed: int, shard_id: int,
+                 num_shards: int, tensor_replay: bool = True,
+                 runs_here: Callable[[int], bool] = _every_epoch) -> None:
+        self.source, self.steps, self.cfg = source, steps, cfg
+        self.curriculum, self.batch_size, self.shard_len = steps.curriculum, steps.batch_size, steps.shard_len
+        self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
+        self.tensor_replay, self.runs_here = tensor_replay, runs_here
+        self.excluded: dict[int, str] = {}  # source index -> why the decoder failed on it
+        self._labels, self._sizes = source.labels, source.sizes
+
+    def batch_for_epoch(self, epoch: int) -> int:
+        return self.steps.batch_for_epoch(epoch)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        return self.steps.batches_in_epoch(epoch)
+
+    def successor(self, position: tuple[int, int]) -> tuple[int, int]:
+        return self.steps.successor(position)
 
     def fresh_batch_size(self, epoch: int) -> int:
         """Images a step of ``epoch`` decodes in the single graph: the epoch's batch divided by the
         stage's replay factor with tensor replay (``tensor_replay``), else the whole batch."""
         replay = self.curriculum.stage_at(epoch).replay if self.tensor_replay else 1
         return max(1, self.batch_for_epoch(epoch) // replay)
-
-    def batches_in_epoch(self, epoch: int) -> int:
-        """Steps of ``epoch``: the schedule's (its stage's replay factor r gives r times the steps of
-        a pass over the rank's images), whatever the runtime echo factor."""
-        return math.ceil(self.shard_len / max(1, self.batch_for_epoch(epoch) // self.curriculum.stage_at(epoch).replay))
-
-    def successor(self, position: tuple[int, int]) -> tuple[int, int]:
-        """The (epoch, step) after ``position``."""
-        epoch, step = position
-        return (epoch, step + 1) if step + 1 < self.batches_in_epoch(epoch) else (epoch + 1, 0)
 
     def shard_pass(self, epoch: int, pass_: int = 0) -> np.ndarray:
         """This rank's source indices in pass ``pass_`` of ``epoch`` (a fresh permutation per pass;

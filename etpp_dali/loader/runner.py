@@ -16,6 +16,8 @@ import sys
 from typing import Any, Callable, Sequence
 
 import torch
+from nvidia.dali.backend import TensorGPU
+from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from etpp_dali.data.scan import DataError, inspect_image
 from etpp_dali.data.sources import Source
@@ -30,9 +32,6 @@ def to_torch(batch: Any, zero_copy: bool) -> torch.Tensor:
     """A dense DALI batch (``TensorList``) as one torch tensor on the batch's own device, by DALI's
     own conversion: shared through DLPack where the executor lets outputs outlive the next run
     (``zero_copy``, the dynamic executor, as DALI's iterators do), else copied."""
-    from nvidia.dali.backend import TensorGPU
-    from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
-
     dense = batch.as_tensor()
     if isinstance(dense, TensorGPU):
         with torch.cuda.device(dense.device_id()):  # DLPack syncs on this device's current stream

@@ -38,15 +38,21 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
+from nvidia.dali import fn, types
+from nvidia.dali.data_node import DataNode
+from nvidia.dali.ops import PythonFunction
+from torch.utils import dlpack
 
 from etpp_dali.ops.fourier import FourierCropper
 from etpp_dali.ops.randaugment import FILL, OPS_PER_IMAGE, apply_colour_ops_pil, colour_branches
 from etpp_dali.util.threads import map_threads, usable_cores
 
-__all__ = ["IMAGENET_MEAN_255", "IMAGENET_STD_255", "LOWPASS_MODES", "apply_colour_ops", "apply_randaugment",
-           "fourier_crop", "lowpass", "pil_colour_ops", "resize", "warp_affine"]
+__all__ = ["IMAGENET_MEAN_255", "IMAGENET_STD_255", "LOWPASS_MODES", "apply_colour_ops", "apply_drawn_colour_ops",
+           "apply_geometric_ops", "apply_randaugment", "fourier_crop", "lowpass", "pil_colour_ops", "resize",
+           "warp_affine"]
 
 LOWPASS_MODES = ("fourier", "resize")
 # ImageNet channel statistics on the 0..255 scale (timm's IMAGENET_DEFAULT_MEAN/STD x 255)
@@ -70,8 +76,7 @@ def map_samples(func: Any, items: Sequence[Any]) -> list[Any]:
     """``[func(x) for x in items]`` on up to 4 threads for batches of 8 or more.
 
     The per-sample work (torch, OpenCV, Pillow) releases the GIL, and a Python operator runs on
-    one DALI thread: splitting its batch lets it use the idle cores (measured on a 2-core machine:
-    +5% loader throughput).
+    one DALI thread: splitting its batch lets it use cores that would otherwise wait for it.
     """
     return map_threads(func, items, workers=min(4, usable_cores()), min_items=8)
 
@@ -131,8 +136,6 @@ class _CropOp:
         return [y.numpy() for y in outputs]
 
     def gpu(self, images: list, carriers: list | None = None) -> list:
-        from torch.utils import dlpack
-
         tensors = [dlpack.from_dlpack(t) for t in images]
         bands = self._bands(len(tensors), None if carriers is None else [dlpack.from_dlpack(c) for c in carriers])
         with torch.cuda.stream(self._dali_stream(tensors[0].device)):
@@ -142,8 +145,6 @@ class _CropOp:
 
     def _dali_stream(self, device: torch.device) -> "torch.cuda.ExternalStream":
         """The CUDA stream DALI runs this operator on, for torch."""
-        from nvidia.dali.ops import PythonFunction
-
         ptr = PythonFunction.current_stream().ptr
         if ptr != self._stream_ptr:
             # work buffers belong to the stream that used them: fresh ones for a new stream
@@ -162,8 +163,9 @@ def torch_resize_mode(interpolation: str) -> str:
 def resize_hwc(img: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     """Anti-aliased resize of one HWC uint8 image (or view) to ``size`` (h, w) with torch.
 
-    torch's uint8 channels-last anti-aliased kernels beat DALI's CPU resize (measured on a
-    2-core machine: 0.19 vs 0.8 ms for a ~300-px crop to 224, bilinear; bicubic 0.22 ms).
+    torch's uint8 channels-last anti-aliased kernels: they compute torchvision's (so timm's)
+    anti-aliased filter, and are faster on the CPU than DALI's resize, which would otherwise be
+    the largest cost of the graph after decoding.
     """
     x = torch.from_numpy(img).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last view, no copy
     y = torch.nn.functional.interpolate(x, size=(int(size[0]), int(size[1])), mode=mode, antialias=True,
@@ -187,8 +189,6 @@ def resize(images: Any, *, size: tuple[int, int], interpolation: str = "cubic") 
     On the CPU through torch (:func:`resize_hwc`), on the GPU with DALI's ``fn.resize``.
     ``interpolation``: ``"cubic"`` or ``"linear"``.
     """
-    from nvidia.dali import fn, types
-
     mode = torch_resize_mode(interpolation)
     if images.device == "gpu":
         interp = types.INTERP_CUBIC if interpolation == "cubic" else types.INTERP_LINEAR
@@ -200,18 +200,16 @@ def resize(images: Any, *, size: tuple[int, int], interpolation: str = "cubic") 
 class _WarpOp:
     """Batch function: bicubic affine warps of HWC uint8 images with OpenCV.
 
-    ``cv2.warpAffine`` is the fastest of the three candidates (measured on a 2-core machine,
-    per 224-px image: 0.8 ms bicubic, 0.26 bilinear, against 2.5 ms for DALI's CPU
-    ``warp_affine``, bilinear only, and 1 ms for torch's ``grid_sample``); its constant border
-    takes the per-channel fill, and it releases the GIL.
+    ``cv2.warpAffine``, because it interpolates bicubically as timm (PIL) does, where DALI's CPU
+    ``warp_affine`` is bilinear only, and is the fastest of the CPU candidates (torch's
+    ``grid_sample`` was the other); its constant border takes the per-channel fill, and it
+    releases the GIL.
     """
 
     def __init__(self, fill: Sequence[float]) -> None:
         self.fill = tuple(float(f) for f in fill)
 
     def _one(self, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        import cv2
-
         img, m = pair
         h, w = img.shape[:2]
         return cv2.warpAffine(img, _opencv_matrix(m), (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
@@ -237,8 +235,6 @@ def warp_affine(images: Any, matrix: Any, *, fill: Sequence[float], size: tuple[
     GPU: DALI's bilinear ``warp_affine`` over the image framed by 1 px of fill, clamping at the
     frame (its own ``fill_value`` is one value for all channels).
     """
-    from nvidia.dali import fn, types
-
     if images.device != "gpu":
         return fn.python_function(images, matrix, function=_WarpOp(fill), batch_processing=True, device="cpu",
                                    output_layouts="HWC")
@@ -266,8 +262,6 @@ def _channel_affine(mean: Sequence[float] | None,
 def _band_carrier(band: Any, device: str) -> Any:
     """Per sample, a 1-D uint8 tensor of ``band`` zeros on ``device``: the band as a shape,
     which the Python operator reads on the host even from a GPU tensor."""
-    from nvidia.dali import fn, types
-
     if band.device != "cpu":
         raise ValueError("band is a GPU DataNode; give the per-sample band on the CPU (e.g. straight "
                          "from fn.external_source)")
@@ -285,9 +279,6 @@ def fourier_crop(images: Any, band: int | Any, *, layout: str = "HWC", mean: Seq
     change between iterations without a rebuild. ``mean``/``std`` (per channel, in the input's
     units) fuse the normalisation. Returns float32 CHW samples of ``band x band``.
     """
-    from nvidia.dali import fn
-    from nvidia.dali.data_node import DataNode
-
     if layout not in ("HWC", "CHW"):
         raise ValueError(f"layout = {layout!r} is unknown; use 'HWC' or 'CHW'")
     scale, shift = _channel_affine(mean, std)
@@ -313,8 +304,6 @@ def lowpass(images: Any, band: int | Any, *, mode: str = "fourier", layout: str 
     of the EfficientTrain++ reference code, an anti-aliased Lanczos resize to ``band x band``
     (a different operator: it is never chosen silently).
     """
-    from nvidia.dali import fn, types
-
     if mode == "fourier":
         return fourier_crop(images, band, layout=layout, mean=mean, std=std, backend=backend)
     if mode != "resize":
@@ -342,8 +331,6 @@ def apply_colour_ops(images: Any, colour: Any, value: Any) -> Any:
     Per slot, one branch per distinct expression (:func:`colour_branches`), each run only on
     the samples whose op uses it; one look-up table maps all op codes to branch numbers.
     """
-    from nvidia.dali import fn, types
-
     branches = colour_branches()
     codes = [code for _, op_codes in branches for code in op_codes]
     numbers = [number for number, (_, op_codes) in enumerate(branches, start=1) for _ in op_codes]
@@ -356,24 +343,34 @@ def apply_colour_ops(images: Any, colour: Any, value: Any) -> Any:
     return images
 
 
-def apply_randaugment(images: Any, matrix: Any, geometric: Any, colour: Any, value: Any,
-                      size: tuple[int, int]) -> Any:
-    """Apply drawn parameters to HWC uint8 ``images`` of ``size`` (h, w), CPU or GPU DataNodes.
-
-    ``matrix`` (2x3 per sample), ``geometric`` (bool), ``colour`` and ``value`` (per slot) come
-    from :func:`~etpp_dali.ops.randaugment.sample_randaugment` through ``fn.external_source``.
-    Needs a pipeline built with ``enable_conditionals=True``. The geometric ops are one warp
-    (:func:`warp_affine`) on the samples that drew any; the colour ops follow, on the CPU with
-    Pillow (what timm calls: one batch call over the samples that drew any), on the GPU with
-    :func:`apply_colour_ops`.
-    """
-    from nvidia.dali import fn
-
+def apply_geometric_ops(images: Any, matrix: Any, geometric: Any, size: tuple[int, int]) -> Any:
+    """RandAugment's geometric ops of each sample as one warp (:func:`warp_affine`), run only on the
+    samples that drew any (``geometric``); ``matrix``: their composed 2x3 inverse maps. Needs
+    ``enable_conditionals=True``."""
     if geometric:
         images = warp_affine(images, matrix, fill=FILL, size=size)
+    return images
+
+
+def apply_drawn_colour_ops(images: Any, colour: Any, value: Any) -> Any:
+    """RandAugment's colour ops of each sample (``colour``, ``value``: per slot), on the CPU with
+    Pillow (what timm calls: one batch call over the samples that drew any), on the GPU with
+    :func:`apply_colour_ops`. Needs ``enable_conditionals=True``."""
     if images.device == "gpu":
         return apply_colour_ops(images, colour, value)
     if fn.reductions.max(colour) > 0:
         images = fn.python_function(images, colour, value, function=pil_colour_ops, batch_processing=True,
                                     device="cpu", output_layouts="HWC")
     return images
+
+
+def apply_randaugment(images: Any, matrix: Any, geometric: Any, colour: Any, value: Any,
+                      size: tuple[int, int]) -> Any:
+    """Apply drawn parameters to HWC uint8 ``images`` of ``size`` (h, w), CPU or GPU DataNodes.
+
+    ``matrix`` (2x3 per sample), ``geometric`` (bool), ``colour`` and ``value`` (per slot) come
+    from :func:`~etpp_dali.ops.randaugment.sample_randaugment` through ``fn.external_source``.
+    Needs a pipeline built with ``enable_conditionals=True``. The geometric ops first
+    (:func:`apply_geometric_ops`), then the colour ops (:func:`apply_drawn_colour_ops`).
+    """
+    return apply_drawn_colour_ops(apply_geometric_ops(images, matrix, geometric, size), colour, value)

@@ -73,7 +73,8 @@ def _box_mask(boxes: ErasingBoxes, height: int, width: int, device: torch.device
         pos = torch.arange(size, device=device)[None, :]
         return (pos >= lo) & (pos < hi)
 
-    return (span(boxes.top, boxes.height, height)[:, :, None] & span(boxes.left, boxes.width, width)[:, None, :])[:, None]
+    rows, cols = span(boxes.top, boxes.height, height), span(boxes.left, boxes.width, width)
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
 def apply_erasing(images: torch.Tensor, boxes: ErasingBoxes) -> torch.Tensor:

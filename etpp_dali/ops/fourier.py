@@ -187,14 +187,13 @@ _KERNELS = {"matmul": _matmul_kernel, "fft": _fft_kernel}
 
 
 # ------------------------------------------------------------------------------- choosing
-# Measured on a 2-core AVX-512 machine (bench/op.sh and bench/crop.sh):
-# alone, with 224 inputs, the GEMMs win clearly at small bands (1 thread, uint8 NHWC, batch 64:
-# 1,752 vs 1,232 img/s at 96) and tie with the FFT from about 3/4 of the side (909 vs 904 at
-# 160, 700 vs 910 at 192). Inside the DALI CPU pipeline, over seven runs each, the GEMMs kept
-# 87-95% of the resize pipeline's rate at 96 (FFT 75-85%) and the FFT 83-94% at 160 (GEMMs
-# 81-89%): so the FFT from a band of 0.6 of the side. At small inputs (64 px) the GEMMs win at
-# every band. On CUDA the FFT is used because cuFFT's result does not depend on the user's TF32
-# matmul setting, which would otherwise cost the crop its exactness (timm's train.py turns TF32 on).
+# Why this rule. On the CPU the GEMMs do ``Bh H W + Bh W Bw`` multiply-adds per channel, which
+# grows with the band, while the FFT's work hardly depends on it: alone and inside the DALI CPU
+# pipeline the GEMMs won at small bands and the FFT from about 0.6 of the side (the comparisons:
+# bench/op.sh and bench/crop.sh, recorded in bench/results/op-cpu-*.md and crop-cpu-*.md). Small
+# inputs keep the GEMMs' matrices in cache, so below 128 px they win at every band. On CUDA the
+# FFT is used because cuFFT's result does not depend on the user's TF32 matmul setting, which
+# would otherwise cost the crop its exactness (timm's train.py turns TF32 on).
 _CPU_MATMUL_MAX_RATIO = 0.6
 _CPU_FFT_MIN_SIDE = 128
 

@@ -20,19 +20,19 @@ row (:class:`RandOp`) holds all there is to know about one op:
 Geometric rows have neither function: the graph composes a sample's geometric ops into one
 affine map and applies one warp. Adding an op is one row here, plus its tests: the draws, the
 Pillow batch operator and the DALI graph (:func:`etpp_dali.ops.dali_ops.apply_randaugment`) all read
-the table. This module needs only NumPy and Pillow; the DALI expressions import DALI when the
-graph is defined.
+the table. The draws and the Pillow ops need only NumPy and Pillow; the DALI expressions build
+graph nodes only when a pipeline is defined.
 
 Differences from timm (PIL), all small, all listed here and in the README:
 
 | op | timm (PIL) | here (DALI) |
 |---|---|---|
-| Rotate | +-30 deg x m/10, bicubic, fill (124,116,104) | same angle and fill; CPU: bicubic (OpenCV, a = -0.75), GPU: bilinear |
+| Rotate | +-30 deg x m/10, bicubic, fill (124,116,104) | same; CPU: bicubic (OpenCV, a = -0.75), GPU: bilinear |
 | ShearX/Y | +-0.3 x m/10, bicubic | same factor and interpolation as Rotate |
 | TranslateX/YRel | +-0.45 x m/10 of the side | same |
 | two geometric ops | two resamplings | one resampling of the composed map |
 | op order | as drawn | geometric ops first, then colour ops as drawn |
-| PosterizeIncreasing | 4 - int(m x 4/10) bits kept (0 bits: Pillow 13 raises, 12 gives black) | same bits; 0 bits gives black |
+| PosterizeIncreasing | 4 - int(m x 4/10) bits kept (0 bits: Pillow 13 raises, 12: black) | same bits; 0 bits: black |
 | SolarizeIncreasing | invert pixels >= 256 - int(m x 256/10) | same |
 | SolarizeAdd | +int(m x 110/10) on pixels < 128 | same |
 | colour ops (the ten below) | Pillow | CPU: Pillow itself (exact); GPU: DALI, as listed |
@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from nvidia.dali import fn, types
+from nvidia.dali import math as dmath
 from PIL import Image, ImageEnhance, ImageOps
 
 __all__ = ["COLOUR", "FILL", "GEOMETRIC", "NUM_ARGS", "OPS", "OPS_PER_IMAGE", "RandAugmentParams", "RandOp",
@@ -149,9 +151,6 @@ def _pil_enhance(enhancer: type) -> Callable[[Image.Image, np.ndarray], Image.Im
 def _dali_autocontrast(img: Any, args: Any) -> Any:
     """PIL's per-channel stretch of [min, max] to [0, 255], truncated as PIL does; a flat
     channel is kept (there every pixel equals its minimum)."""
-    from nvidia.dali import fn, types
-    from nvidia.dali import math as dmath
-
     lo = fn.reductions.min(img, axis_names="HW", keep_dims=True)
     span = fn.reductions.max(img, axis_names="HW", keep_dims=True) - lo
     scale = 255.0 / dmath.max(span, 1)
@@ -160,16 +159,12 @@ def _dali_autocontrast(img: Any, args: Any) -> Any:
 
 
 def _dali_equalize(img: Any, args: Any) -> Any:
-    from nvidia.dali import fn
-
     return fn.equalize(img)
 
 
 def lut_expression(img: Any, args: Any) -> Any:
     """:func:`lut` on a uint8 DataNode, with per-sample ``args`` = (mask, threshold, add):
     uint8 arithmetic throughout (the threshold is compared as a float, as it can be 256)."""
-    from nvidia.dali import fn, types
-
     as_u8 = fn.cast(args, dtype=types.UINT8)
     inverted = (img >= args[1]) * types.Constant(255, dtype=types.UINT8)
     shifted = (img < types.Constant(128, dtype=types.UINT8)) * as_u8[2]
@@ -177,14 +172,10 @@ def lut_expression(img: Any, args: Any) -> Any:
 
 
 def _grey(img: Any) -> Any:
-    from nvidia.dali import fn, types
-
     return fn.color_space_conversion(img, image_type=types.RGB, output_type=types.GRAY)
 
 
 def _dali_colour(img: Any, args: Any) -> Any:
-    from nvidia.dali import fn, types
-
     factor = args[0]
     return fn.cast(factor * img + (1.0 - factor) * _grey(img), dtype=types.UINT8)
 
@@ -192,15 +183,11 @@ def _dali_colour(img: Any, args: Any) -> Any:
 def _dali_contrast(img: Any, args: Any) -> Any:
     """Blend with the grey mean, rounded as PIL (arithmetic: on the GPU the mean is device data,
     which ``brightness_contrast``'s argument inputs cannot take)."""
-    from nvidia.dali import fn, types
-
     centre = fn.cast(fn.reductions.mean(_grey(img), axis_names="HWC") + 0.5, dtype=types.INT32)
     return fn.cast(centre + (img - fn.cast(centre, dtype=types.FLOAT)) * args[0], dtype=types.UINT8)
 
 
 def _dali_brightness(img: Any, args: Any) -> Any:
-    from nvidia.dali import fn
-
     return fn.brightness_contrast(img, brightness=args[0])
 
 
@@ -211,8 +198,6 @@ _IDENTITY_KERNEL = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
 def _dali_sharpness(img: Any, args: Any) -> Any:
     """PIL's blend with the SMOOTH-filtered image is one filter (the blend of the kernels),
     made per sample on the CPU; DALI reflects the border PIL keeps."""
-    from nvidia.dali import fn, types
-
     factor = args[0]
     kernel = factor * types.Constant(_IDENTITY_KERNEL) + (1.0 - factor) * types.Constant(_SMOOTH_KERNEL)
     return fn.filter(img, kernel, border="reflect_101")

@@ -10,6 +10,7 @@ can be read and checked anywhere.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import Any, Mapping
 import yaml
 
 from etpp_dali.curriculum.batching import AUTO, BatchError, global_batch_size, resolve_stage_batches
+from etpp_dali.curriculum.patches import mae_curriculum, patch_curriculum
 from etpp_dali.curriculum.presets import PRESETS
 from etpp_dali.curriculum.schedule import Curriculum, ScheduleError
 
-__all__ = ["DEFAULT_RECIPE", "DROP_PATH_REFERENCE_BUDGET", "ECHO_KINDS", "RecipeError", "TrainConfig", "find_recipe",
-           "is_schedule_file", "load_recipe", "merge_recipe", "recipe_dirs"]
+__all__ = ["DEFAULT_RECIPE", "DROP_PATH_REFERENCE_BUDGET", "ECHO_KINDS", "MAE_TARGETS", "TASKS", "RecipeError",
+           "TrainConfig", "find_recipe", "is_schedule_file", "load_recipe", "merge_recipe", "recipe_dirs"]
 
 # The reference recipes give drop-path at E = 200 and scale it by E / 200 with the budget of
 # their curricula (the etpp and et presets); a baseline or a schedule file keeps the rate given.
@@ -30,6 +32,9 @@ DROP_PATH_REFERENCE_BUDGET = 200.0
 _DROP_PATH_SCALED_KINDS = ("etpp", "et")
 ECHO_KINDS = ("augment", "tensor")  # a decoded image augmented anew at each use, or replayed identical
 _ECHO_POLICIES = ("auto", "off")
+TASKS = ("classify", "mae")  # supervised training, or masked-autoencoder pre-training (etpp_dali.train.mae)
+MAE_TARGETS = ("pixels", "hog")  # per-patch normalised pixels, or HOG features (etpp_dali.ops.hog)
+_PATCH_IN_NAME = re.compile(r"patch(\d+)")
 
 
 class RecipeError(ValueError):
@@ -43,6 +48,7 @@ class TrainConfig:
     name: str = "run"
     data: str | None = "demo"          # a data set path, "demo" for the embedded demo set
     val_split: float | None = None     # hold out this fraction of train when there is no val/
+    trust_data: bool = False           # index new files from their headers only (no end-of-file check)
     model: str = "resnet10t"
     # schedule: a preset (etpp, et, baseline) or a schedule file, with its knobs
     preset: str = "etpp"
@@ -93,6 +99,18 @@ class TrainConfig:
     demo_size: int = 72
     progress: bool = True
     tensorboard: bool = False           # also log scalars for TensorBoard (needs `tensorboard`)
+    # task: classify, or mae (pre-training; see etpp_dali.train.mae) and fine-tuning from it
+    task: str = "classify"
+    patch_size: int | None = None       # a ViT's patch (default: the model name's patchN); bands are multiples of it
+    mask_ratio: float = 0.75
+    mae_target: str = "pixels"          # pixels (norm_pix_loss) or hog
+    norm_pix_loss: bool = True
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    knn_k: int = 20                     # neighbours of the k-NN monitor (evaluated every val_every epochs)
+    init_from: str | None = None        # a checkpoint of this project whose encoder a classify run starts from
+    linear_probe: bool = False          # with init_from: train the head only
 
     def curriculum(self, world: int = 1) -> Curriculum:
         """The schedule this config trains with on ``world`` devices, each stage with its
@@ -106,11 +124,29 @@ class TrainConfig:
                 cur = Curriculum.resolve(self.preset, family=self.family, budget=self.budget,
                                          resolution=self.resolution, replay=self.replay,
                                          baseline_budget=self.baseline_budget)
+            cur = self._on_patch_grid(cur)
             rule = None if self.baseline and isinstance(self.stage_batch, list) else self.stage_batch
             return resolve_stage_batches(cur, batch_size=self.batch_size, global_batch=self.global_batch, world=world,
                                          stage_batch=rule, cap=self.stage_batch_cap)
         except (ScheduleError, BatchError) as exc:
             raise RecipeError(str(exc)) from None
+
+    def _on_patch_grid(self, cur: Curriculum) -> Curriculum:
+        """MAE's schedule (bands on the patch grid, no RandAugment); a classify run with a
+        ``patch_size`` (a ViT fine-tuned from MAE) gets the bands on the grid only."""
+        if self.task == "mae":
+            return mae_curriculum(cur, self.vit_patch())
+        return patch_curriculum(cur, self.patch_size) if self.patch_size else cur
+
+    def vit_patch(self) -> int:
+        """The patch size of the ViT of an MAE run: ``patch_size``, else the model name's ``patchN``."""
+        if self.patch_size:
+            return self.patch_size
+        found = _PATCH_IN_NAME.search(self.model)
+        if not found:
+            raise RecipeError(f"task mae pre-trains a ViT, and --model {self.model} is not one (no patch size in its "
+                              "name: a convnet cannot be masked patch by patch); use e.g. vit_tiny_patch16_224")
+        return int(found.group(1))
 
     def global_batch_size(self, world: int) -> int:
         """Images per optimiser step over ``world`` devices: ``global_batch``, else ``batch_size x world``."""
@@ -140,6 +176,7 @@ class TrainConfig:
             raise RecipeError(f"--stage-batch {self.stage_batch!r}: use auto or a list of per-device batches, "
                               "one a stage")
         self._validate_echo()
+        self._validate_task()
         if not 0.0 <= self.reprob <= 1.0:
             raise RecipeError(f"reprob = {self.reprob} must be between 0 and 1 (the chance a sample is erased)")
         if self.val_split is not None and not 0.0 < self.val_split < 1.0:
@@ -165,6 +202,26 @@ class TrainConfig:
             raise RecipeError(f"echo_max = {self.echo_max!r} must be an integer >= 1")
         if self.echo_buffer_mb is not None and not self.echo_buffer_mb > 0:
             raise RecipeError(f"echo_buffer_mb = {self.echo_buffer_mb!r} must be > 0 (megabytes)")
+
+    def _validate_task(self) -> None:
+        if self.task not in TASKS:
+            raise RecipeError(f"task = {self.task!r} is unknown; use {' or '.join(TASKS)}")
+        if self.patch_size is not None and (not _is_int(self.patch_size) or self.patch_size < 1):
+            raise RecipeError(f"patch_size = {self.patch_size!r} must be an integer >= 1")
+        if self.linear_probe and not self.init_from:
+            raise RecipeError("--linear-probe trains a head on a pre-trained encoder: give --init-from RUN/last.pt")
+        if self.task != "mae":
+            return
+        if self.init_from:
+            raise RecipeError("--init-from starts a classify run from a checkpoint; task mae pre-trains from scratch")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise RecipeError(f"mask_ratio = {self.mask_ratio} must be between 0 and 1 (MAE: 0.75)")
+        if self.mae_target not in MAE_TARGETS:
+            raise RecipeError(f"mae_target = {self.mae_target!r} is unknown; use {' or '.join(MAE_TARGETS)}")
+        if self.mixup or self.cutmix:
+            raise RecipeError("task mae reconstructs each image: mixup and cutmix do not apply; set them to 0")
+        if self.knn_k < 1:
+            raise RecipeError(f"knn_k = {self.knn_k} must be >= 1")
 
     def loader_echo(self) -> str | int:
         """The loader's ``echo`` argument: the factor policy (``auto``, ``off``, N) when one is

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import timm
 import torch
@@ -109,18 +109,26 @@ def model_at_band(model: torch.nn.Module, band: int) -> torch.nn.Module:
     return twin
 
 
-def create_model(name: str, num_classes: int, drop_path: float) -> torch.nn.Module:
-    """A timm model by name; ViT-like models get ``dynamic_img_size=True`` when they take it."""
+def create_model(name: str, num_classes: int, drop_path: float, **overrides: Any) -> torch.nn.Module:
+    """A timm model by name; ViT-like models get ``dynamic_img_size=True`` when they take it.
+    ``overrides`` go to timm as they are (a ViT's ``patch_size``, ``img_size``)."""
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise RecipeError(f"--model {name!r} is not a timm model; see timm.list_models() "
                           "(e.g. resnet50, convnext_tiny, deit_small_patch16_224)")
-    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes}
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, **overrides}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
     try:
         return timm.create_model(name, dynamic_img_size=True, **kwargs)
     except TypeError:  # the model does not take dynamic_img_size (convnets)
+        pass
+    try:
         return timm.create_model(name, **kwargs)
+    except TypeError as exc:  # nor the overrides (a convnet given a patch_size)
+        if not overrides:
+            raise
+        given = ", ".join(f"{k} = {v}" for k, v in overrides.items())
+        raise RecipeError(f"--model {name} does not take {given} (a ViT's settings): {exc}") from None
 
 
 def check_model_takes_bands(model: torch.nn.Module, bands: list[int], device: torch.device,
@@ -156,12 +164,18 @@ def wrap_for_ranks(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return torch.nn.parallel.DistributedDataParallel(base, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def build_model(cfg: TrainConfig, curriculum: Curriculum, num_classes: int,
-                device: torch.device) -> tuple[torch.nn.Module, torch.memory_format]:
+def build_model(cfg: TrainConfig, curriculum: Curriculum, num_classes: int, device: torch.device,
+                prepare: Callable[[torch.nn.Module], None] | None = None,
+                ) -> tuple[torch.nn.Module, torch.memory_format]:
     """The run's model on ``device``, set for the schedule's first band and DDP-wrapped when a
     process group is up, checked at every band the schedule trains at and at the full
-    resolution; returns it with its memory format."""
-    model = create_model(cfg.model, num_classes, cfg.drop_path_rate(curriculum)).to(device)
+    resolution; returns it with its memory format. A ViT given ``cfg.patch_size`` gets that
+    patch and position embeddings for the full resolution; ``prepare`` runs on the bare model
+    before the DDP wrapper is built (loading weights, freezing some)."""
+    vit = {"patch_size": cfg.patch_size, "img_size": curriculum.resolution} if cfg.patch_size else {}
+    model = create_model(cfg.model, num_classes, cfg.drop_path_rate(curriculum), **vit).to(device)
+    if prepare is not None:
+        prepare(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     bands = sorted({s.band for s in curriculum.stages if s.epochs} | {curriculum.resolution})

@@ -23,6 +23,7 @@ from timm.utils import ModelEmaV3
 
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.train.config import TrainConfig
+from etpp_dali.train.mae import ModelLoss
 from etpp_dali.train.models import ResizedTable, adapt_model_to_band, unwrap_model, wrap_for_ranks
 
 __all__ = ["Optimisation"]
@@ -166,7 +167,10 @@ def _resize_optimizer_state(optimizer: torch.optim.Optimizer, resized: list[Resi
 
 
 def _loss(cfg: TrainConfig, num_classes: int) -> tuple[Any, torch.nn.Module]:
-    """timm's batch mixup/cutmix with soft-target cross-entropy, or plain cross-entropy."""
+    """timm's batch mixup/cutmix with soft-target cross-entropy, or plain cross-entropy; an MAE's
+    forward returns its own loss."""
+    if cfg.task == "mae":
+        return None, ModelLoss()
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                       num_classes=num_classes)

@@ -17,7 +17,8 @@ from etpp_dali.util.files import write_text_atomic
 
 __all__ = ["TENSORBOARD_KEYS", "RunLog"]
 
-TENSORBOARD_KEYS = ("loss", "lr", "images_per_s", "data_wait", "band", "magnitude", "top1", "top5", "ema_top1")
+TENSORBOARD_KEYS = ("loss", "lr", "images_per_s", "data_wait", "band", "magnitude", "top1", "top5", "ema_top1",
+                    "knn_top1")
 
 
 class RunLog:
@@ -66,6 +67,7 @@ class RunLog:
         if not (self.rank0 and self.progress) or sys.stderr.isatty():
             return
         top = f", top-1 {row['top1']:.1f}%" if "top1" in row else ""
+        top += f", k-NN top-1 {row['knn_top1']:.1f}%" if "knn_top1" in row else ""
         print(f"epoch {row['epoch'] + 1}/{self.total_epochs} stage {row['stage']} band {row['band']} "
               f"m {row['magnitude']:g}: loss {row['loss']:.3f}, {row['images_per_s']:.0f} img/s{top}",
               file=sys.stderr, flush=True)

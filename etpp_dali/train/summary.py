@@ -35,7 +35,7 @@ def summarize(history: Sequence[dict[str, Any]], curriculum: Curriculum, *, name
               elapsed: float, interrupted: bool, output: str) -> dict[str, Any]:
     """The run's summary. The baseline's wall-clock is estimated from this run's full-resolution
     epochs times the baseline's epochs (when the run had any full-resolution epoch)."""
-    evals = [r for r in history if "top1" in r]
+    evals = [r for r in history if "top1" in r or "knn_top1" in r]
     final = evals[-1] if evals else {}
     full_res = [r for r in history if r["band"] == curriculum.resolution]
     base_epoch_s = (sum(r["epoch_time"] for r in full_res) / len(full_res)) if full_res else None
@@ -46,7 +46,7 @@ def summarize(history: Sequence[dict[str, Any]], curriculum: Curriculum, *, name
         "name": name, "model": model, "schedule": curriculum.name,
         "epochs_done": len(history), "epochs": curriculum.total_epochs, "interrupted": interrupted,
         "stages": stage_rows(history, curriculum), "top1": final.get("top1"), "top5": final.get("top5"),
-        "ema_top1": final.get("ema_top1"), "wall_s": round(elapsed, 1),
+        "ema_top1": final.get("ema_top1"), "knn_top1": final.get("knn_top1"), "wall_s": round(elapsed, 1),
         "relative_compute": round(relative, 4), "compute_saved": round(1 - relative, 4),
         "baseline_budget": baseline_budget,
         "estimated_baseline_wall_s": round(est_baseline_s, 1) if est_baseline_s else None,

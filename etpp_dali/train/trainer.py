@@ -62,7 +62,9 @@ from etpp_dali.train.distributed import (
     world_size,
 )
 from etpp_dali.train.evaluation import evaluate
-from etpp_dali.train.models import build_model, model_band, unwrap_model
+from etpp_dali.train.finetune import build_task_model
+from etpp_dali.train.knn import knn_evaluate
+from etpp_dali.train.models import model_band, unwrap_model
 from etpp_dali.train.optimisation import Optimisation
 from etpp_dali.train.progress import RunLog
 from etpp_dali.train.summary import summarize
@@ -93,8 +95,9 @@ class Trainer:
         data = open_train_data(cfg, self.curriculum, self.device, self.threads)
         self.data_root, self.num_classes = data.root, data.num_classes
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
+        self.memory_loader = data.memory_loader  # MAE: the training images the k-NN monitor compares to
         seed_all(cfg.seed)
-        model, self.memory_format = build_model(cfg, self.curriculum, self.num_classes, self.device)
+        model, self.memory_format = build_task_model(cfg, self.curriculum, self.num_classes, self.device)
         self.optim = Optimisation(cfg, model, self.curriculum, self.num_classes, self.device, self.global_batch)
         self.history: list[dict[str, Any]] = []
         self.log = RunLog(self.out, rank0=self.rank0, progress=cfg.progress, tensorboard=cfg.tensorboard,
@@ -272,6 +275,9 @@ class Trainer:
         return row
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        if self.cfg.task == "mae":
+            return knn_evaluate(model, self.memory_loader, self.val_loader, self.optim.autocast, self.device,
+                                k=self.cfg.knn_k)
         return evaluate(model, self.val_loader, self.curriculum.resolution, self.optim.autocast, self.device)
 
     def summary(self) -> dict[str, Any]:
@@ -281,6 +287,8 @@ class Trainer:
 
     def close(self) -> None:
         self.train_loader.close()
+        if self.memory_loader is not None and hasattr(self.memory_loader, "close"):
+            self.memory_loader.close()
         self.log.close()
 
 

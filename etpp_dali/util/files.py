@@ -9,6 +9,7 @@ temporary file is removed and the old target is untouched. No torch or DALI impo
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -58,8 +59,6 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def _remove(tmp: Path) -> None:
     try:
         if tmp.is_dir():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)

@@ -1,20 +1,27 @@
-"""PNG figures: the schedule, training curves, benchmark bars. Matplotlib with the Agg backend."""
+"""PNG figures: the schedule, training curves, benchmark bars. Matplotlib with the Agg backend.
+
+The schedule's figure reads a :class:`~etpp_dali.curriculum.schedule.Curriculum` it is given
+(util imports no wing: the name is for type checkers only).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from etpp_dali.curriculum.schedule import Curriculum
+import matplotlib
+import matplotlib.pyplot as plt
+
 from etpp_dali.util.files import atomic_path
 
+if TYPE_CHECKING:
+    from etpp_dali.curriculum.schedule import Curriculum
 
-def pyplot():
-    import matplotlib
 
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: training machines have no display, and a
+    figure is only ever written to a file."""
+    matplotlib.use("Agg")
     return plt
 
 
@@ -67,15 +74,17 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path, title:
     """Top-1 and loss against wall-clock time, with the band and magnitude drawn over them.
 
     ``records`` are the per-epoch rows of the metrics log (``time``, ``top1``, ``loss``, ``band``,
-    ``magnitude``); rows without ``top1`` are epochs without evaluation.
+    ``magnitude``); rows without ``top1`` are epochs without evaluation. An MAE run's rows have
+    the k-NN monitor's ``knn_top1`` instead, drawn in its place.
     """
     plt = pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     t = [r["time"] / 60 for r in records]
-    evaluated = [(r["time"] / 60, r["top1"]) for r in records if r.get("top1") is not None]
+    key, label = ("knn_top1", "k-NN top-1 (%)") if any("knn_top1" in r for r in records) else ("top1", "val top-1 (%)")
+    evaluated = [(r["time"] / 60, r[key]) for r in records if r.get(key) is not None]
     if evaluated:
-        ax_acc.plot(*zip(*evaluated), "o-", color="tab:green", label="val top-1 (%)")
-    ax_acc.set_ylabel("val top-1 (%)")
+        ax_acc.plot(*zip(*evaluated), "o-", color="tab:green", label=label)
+    ax_acc.set_ylabel(label)
     ax_loss.plot(t, [r["loss"] for r in records], "-", color="tab:red", label="train loss")
     ax_loss.set_ylabel("train loss")
     ax_loss.set_xlabel("wall-clock (min)")

@@ -9,6 +9,7 @@ from etpp_dali.util.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "EchoSchedule": "schedule",
+    "EchoLayouts": "schedule",
     "EchoEpoch": "schedule",
     "parse_echo": "schedule",
     "AutoEcho": "auto",

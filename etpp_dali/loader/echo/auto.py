@@ -73,12 +73,12 @@ class _Meter:
 class AutoEcho:
     """The echo factor of every epoch under ``echo="auto"`` (see the module docstring).
 
-    ``plan``: the loader's :class:`~etpp_dali.loader.plans.TrainPlan` (schedule, batch and steps of
+    ``steps``: the rank's :class:`~etpp_dali.loader.plans.EpochSteps` (schedule, batch and steps of
     each epoch); ``decoded()``: the decoder's (seconds, images) so far."""
 
-    def __init__(self, plan: Any, echo_max: int, decoded: Callable[[], tuple[float, int]],
+    def __init__(self, steps: Any, echo_max: int, decoded: Callable[[], tuple[float, int]],
                  verbose: bool = True) -> None:
-        self.plan, self.echo_max = plan, echo_max
+        self.steps, self.echo_max = steps, echo_max
         self.decoded, self.verbose = decoded, verbose
         self.choices: dict[int, int] = {}  # epoch -> its echo factor, once chosen
         self._meters: dict[int, _Meter] = {}
@@ -86,7 +86,7 @@ class AutoEcho:
     @property
     def stage_choices(self) -> dict[int, int]:
         """Stage index -> the echo factor of its latest chosen epoch."""
-        return {self.plan.curriculum.stage_at(e).index: r for e, r in sorted(self.choices.items())}
+        return {self.steps.curriculum.stage_at(e).index: r for e, r in sorted(self.choices.items())}
 
     def factor(self, epoch: int, choose: bool = True) -> int:
         """The echo factor of ``epoch``; ``choose=False`` looks without making a choice final
@@ -99,7 +99,7 @@ class AutoEcho:
         if first > 0 and first - 1 in self.choices and self._kind(first - 1) == self._kind(epoch):
             r = self.choices[first - 1]
         else:  # the run starts at ``first``, at the schedule's factor
-            r = min(self.plan.curriculum.stage_at(first).replay, self.echo_max)
+            r = min(self.steps.curriculum.stage_at(first).replay, self.echo_max)
             if not choose:
                 return r
             self.choices[first] = r
@@ -110,7 +110,7 @@ class AutoEcho:
 
     def record(self, epoch: int, step: int, wait: float, away: float) -> None:
         """One step's wait and time away (seconds), measured by the loader."""
-        if step < min(_WARMUP_STEPS, self.plan.batches_in_epoch(epoch) // 2) or epoch + 1 in self.choices:
+        if step < min(_WARMUP_STEPS, self.steps.batches_in_epoch(epoch) // 2) or epoch + 1 in self.choices:
             return  # a warm-up step, or the next epoch's factor is chosen already
         meter = self._meters.setdefault(epoch, _Meter(self.decoded()))
         meter.wait, meter.away, meter.steps = meter.wait + wait, meter.away + away, meter.steps + 1
@@ -123,8 +123,8 @@ class AutoEcho:
         self._meters.clear()
 
     def _kind(self, epoch: int) -> tuple[int, int, int]:
-        stage = self.plan.curriculum.stage_at(epoch)
-        return stage.band, self.plan.batch_for_epoch(epoch), stage.replay
+        stage = self.steps.curriculum.stage_at(epoch)
+        return stage.band, self.steps.batch_for_epoch(epoch), stage.replay
 
     def _choose(self, epoch: int, previous: int) -> int:
         """The factor of ``epoch`` from its predecessor's measurement (at ``previous``)."""
@@ -133,9 +133,11 @@ class AutoEcho:
             return previous
         wait, away = meter.wait / meter.steps, meter.away / meter.steps
         seconds, images = (now - then for now, then in zip(self.decoded(), meter.decode_start))
-        decode = seconds / images * self.plan.batch_for_epoch(epoch - 1) / previous if previous > 1 and images else None
+        decode = None  # the decode time of a step's fresh images, measured apart in an echoing epoch only
+        if previous > 1 and images:
+            decode = seconds / images * self.steps.batch_for_epoch(epoch - 1) / previous
         r = choose_echo(wait, away, previous, self.echo_max, decode)
-        stage = self.plan.curriculum.stage_at(epoch)
+        stage = self.steps.curriculum.stage_at(epoch)
         if self.verbose and (r != previous or epoch == stage.start_epoch):
             print(f"etpp: stage {stage.index} (band {stage.band}): echo auto -> r = {r} from epoch {epoch} "
                   f"(caller waited {wait / max(wait + away, 1e-12):.0%} at r = {previous})", file=sys.stderr)

@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["EchoSetting", "EchoEpoch", "EchoSchedule", "parse_echo", "echo_factor_value", "echo_uses", "echo_window", "DEFAULT_ECHO_BUFFER_MB"]
+__all__ = ["EchoSetting", "EchoEpoch", "EchoSchedule", "EchoLayouts", "parse_echo", "echo_factor_value", "echo_uses",
+           "echo_window", "decoded_image_bytes", "DEFAULT_ECHO_BUFFER_MB"]
 
 DEFAULT_ECHO_BUFFER_MB = 1024.0
 _MODES = ("augment", "tensor", "off", "auto")
@@ -67,6 +68,7 @@ class EchoSetting:
 
 
 def echo_factor_value(value: Any, name: str) -> int:
+    """``value`` as an echo factor (an integer >= 1, or its digits), else an error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)):
         raise ValueError(f"{name} = {value!r}: an echo factor must be an integer >= 1")
     if isinstance(value, str):
@@ -138,31 +140,52 @@ class EchoEpoch:
 
 
 class EchoSchedule:
-    """Which epochs of a plan echo before augmentation, and their layouts (the one in hand kept).
-    ``factor_of(epoch)``: the epoch's echo factor (default: the setting's for its stage)."""
+    """Which epochs echo before augmentation, and at which (factor, window). ``steps``: the rank's
+    :class:`~etpp_dali.loader.plans.EpochSteps` (schedule and batch of each epoch);
+    ``image_bytes``: a decoded image's mean size; ``factor_of(epoch)``: the epoch's echo factor
+    (default: the setting's for its stage). It needs no plan, so the plan can take
+    :meth:`single_graph` as the epochs it makes itself."""
 
-    def __init__(self, plan: Any, setting: EchoSetting, factor_of: Callable[[int], int] | None = None) -> None:
-        self.plan, self.setting = plan, setting
+    def __init__(self, steps: Any, image_bytes: float, setting: EchoSetting,
+                 factor_of: Callable[[int], int] | None = None) -> None:
+        self.steps, self.setting, self.image_bytes = steps, setting, image_bytes
         self.factor_of = factor_of or self._setting_factor
-        self.image_bytes = float(np.mean(plan.source.sizes.prod(axis=1))) * 3  # decoded RGB, on average
-        self._layouts: dict[int, EchoEpoch] = {}
-        for stage in plan.curriculum.stages:  # a buffer too small fails here, before any work
+        for stage in steps.curriculum.stages:  # a buffer too small fails here, before any work
             if setting.mode == "auto" or (setting.mode == "augment" and self._setting_factor(stage.start_epoch) > 1):
-                echo_window(plan.batch_for_epoch(stage.start_epoch), 1, self.image_bytes, setting.buffer_mb)
+                echo_window(steps.batch_for_epoch(stage.start_epoch), 1, image_bytes, setting.buffer_mb)
 
     def _setting_factor(self, epoch: int) -> int:
-        return self.setting.factor_for(self.plan.curriculum.stage_at(epoch).replay)
+        return self.setting.factor_for(self.steps.curriculum.stage_at(epoch).replay)
 
-    def _fit(self, epoch: int) -> tuple[int, int]:
-        return echo_window(self.plan.batch_for_epoch(epoch), self.factor_of(epoch), self.image_bytes,
+    def fit(self, epoch: int) -> tuple[int, int]:
+        """(factor, window) of echo epoch ``epoch`` within the buffer (:func:`echo_window`)."""
+        return echo_window(self.steps.batch_for_epoch(epoch), self.factor_of(epoch), self.image_bytes,
                            self.setting.buffer_mb)
 
     def echoes(self, epoch: int) -> bool:
         """Whether ``epoch`` runs the decode and augment stages (else the single graph)."""
         return self.setting.mode in ("augment", "auto") and self.factor_of(epoch) > 1
 
-    def layout(self, epoch: int) -> EchoEpoch:
+    def single_graph(self, epoch: int) -> bool:
+        """Whether the single graph makes ``epoch`` (it does not echo)."""
+        return not self.echoes(epoch)
+
+
+def decoded_image_bytes(sizes: np.ndarray) -> float:
+    """The mean size of a decoded RGB image of ``sizes`` (N, 2) = (h, w), in bytes."""
+    return float(np.mean(sizes.prod(axis=1))) * 3
+
+
+class EchoLayouts:
+    """The layout of each echo epoch of ``plan`` (:class:`EchoEpoch`), as ``layouts(epoch)``; the one
+    in hand is kept."""
+
+    def __init__(self, plan: Any, schedule: EchoSchedule) -> None:
+        self.plan, self.schedule = plan, schedule
+        self._layouts: dict[int, EchoEpoch] = {}
+
+    def __call__(self, epoch: int) -> EchoEpoch:
         if epoch not in self._layouts:
-            factor, window = self._fit(epoch)
+            factor, window = self.schedule.fit(epoch)
             self._layouts = {epoch: EchoEpoch(self.plan, epoch, factor, window)}
         return self._layouts[epoch]

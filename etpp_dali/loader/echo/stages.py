@@ -18,9 +18,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
 from etpp_dali.loader.echo.schedule import EchoEpoch
-from etpp_dali.loader.graphs import PipelineConfig, define_decode_pipeline, make_train_batch
+from etpp_dali.loader.feeds import PipelineConfig, make_train_batch
+from etpp_dali.loader.graphs import define_decode_pipeline
 from etpp_dali.loader.runner import failed_sample, pick_culprit
 
 __all__ = ["DecodeStage", "EchoFeed"]
@@ -59,11 +61,13 @@ class DecodeStage:
                 raise
             raise DecodeFailed(*pick_culprit(source, [int(indices[k])])) from exc
         if self.cfg.device == "gpu":  # copies out of DALI's buffers, on torch's current stream
-            from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
-
             with torch.cuda.device(batch[0].device_id()):
                 return [to_torch_tensor(batch[i], copy=True) for i in range(len(indices))]
         return [batch.at(i) for i in range(len(indices))]
+
+    def totals(self) -> tuple[float, int]:
+        """(seconds, images) decoded so far."""
+        return self.seconds, self.images
 
     def close(self) -> None:
         self._pipe = None

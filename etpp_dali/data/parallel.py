@@ -1,0 +1,115 @@
+"""Probing many files in order, on as many processes and threads as pay.
+
+Reading a header is a few system calls plus some interpreter work per file, and both cost CPU
+time when the files sit in the page cache: one interpreter then probes at most what one core
+allows, and threads only contend for its GIL. So a large scan forks one worker process per usable
+core (``ETPP_SCAN_PROCESSES`` sets the count; 1: none), each probing batches of paths in order.
+Threads pay where the system calls wait instead (a network or parallel file system, a cold disk):
+the GIL is released while a thread waits, so many files are in flight at once. A process times
+batches on one thread and on many, keeps the faster, and looks again every few batches
+(``ETPP_SCAN_THREADS`` fixes the count).
+
+The workers are forked: they run only this module's probing (no torch, no DALI, no thread pool
+of the parent, which does not survive a fork), and return plain tuples.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, Callable, Sequence
+
+from etpp_dali.data.probe import Probe, probe_path
+from etpp_dali.util.threads import usable_cores
+
+__all__ = ["map_fastest", "probe_files", "scan_processes", "scan_threads"]
+
+_BATCH = 2048             # files per timed batch, and per task of a worker process
+_RECHECK = 16             # batches between two comparisons of the thread counts
+_MAX_THREADS = 32
+_MIN_FOR_PROCESSES = 16 * _BATCH  # fewer files are probed faster than worker processes start
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads): pools of this process
+
+
+def scan_threads() -> int | None:
+    """The thread count ``ETPP_SCAN_THREADS`` fixes, else ``None`` (chosen by timing)."""
+    value = os.environ.get("ETPP_SCAN_THREADS")
+    return max(1, int(value)) if value else None
+
+
+def scan_processes() -> int:
+    """Worker processes of a large scan: ``ETPP_SCAN_PROCESSES``, else the usable cores."""
+    value = os.environ.get("ETPP_SCAN_PROCESSES")
+    return max(1, int(value)) if value else usable_cores()
+
+
+def probe_files(paths: Sequence[str], level: int, progress: Callable[[int], None] | None = None) -> list[Probe]:
+    """``[probe_path(p, level) for p in paths]``, in worker processes when there are many;
+    ``progress(n)`` after each batch of ``n`` files."""
+    workers = scan_processes()
+    if workers > 1 and len(paths) >= _MIN_FOR_PROCESSES:
+        try:
+            return _in_processes(paths, level, workers, progress)
+        except (OSError, AssertionError) as exc:  # no fork here, or a daemon process (no children)
+            print(f"etpp: scanning in one process ({exc})", file=sys.stderr)
+    return map_fastest(partial(probe_path, level=level), paths, batch=_BATCH, progress=progress)
+
+
+def _in_processes(paths: Sequence[str], level: int, workers: int,
+                  progress: Callable[[int], None] | None) -> list[Probe]:
+    chunks = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
+    out: list[Probe] = []
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for part in pool.imap(partial(_probe_chunk, level=level), chunks):
+            out += part
+            if progress is not None:
+                progress(len(part))
+    return out
+
+
+def _probe_chunk(paths: Sequence[str], level: int) -> list[Probe]:
+    return map_fastest(partial(probe_path, level=level), paths, batch=len(paths) // 8 or 1)
+
+
+_RATES: dict[int, dict[int, float]] = {}  # process id -> files/sec last timed per thread count
+
+
+def map_fastest(func: Callable[[Any], Any], items: Sequence[Any], *, batch: int,
+                progress: Callable[[int], None] | None = None) -> list[Any]:
+    """``[func(x) for x in items]``, in order, batch by batch on one thread or many, whichever
+    was faster when last timed in this process (see the module docstring)."""
+    fixed = scan_threads()
+    many = fixed or min(_MAX_THREADS, 4 * usable_cores())
+    rate = _RATES.setdefault(os.getpid(), {1: 0.0, many: 0.0})
+    out: list[Any] = []
+    for k, start in enumerate(range(0, len(items), batch)):
+        part = items[start:start + batch]
+        phase = k % _RECHECK
+        if fixed:
+            threads = fixed
+        elif phase < 2 and len(items) - start >= batch:  # time one batch on each count
+            threads = (1, many)[phase]
+        else:
+            threads = max(rate, key=rate.get)
+        began = time.perf_counter()
+        out += _map_threads(func, part, threads)
+        rate[threads] = len(part) / max(1e-9, time.perf_counter() - began)
+        if progress is not None:
+            progress(len(part))
+    return out
+
+
+def _map_threads(func: Callable[[Any], Any], items: Sequence[Any], threads: int) -> list[Any]:
+    """``[func(x) for x in items]`` in ``threads`` contiguous parts, on this process's own pool."""
+    if threads < 2 or len(items) < 2:
+        return [func(x) for x in items]
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="etpp-scan")
+    step = -(-len(items) // threads)
+    parts = [items[i:i + step] for i in range(0, len(items), step)]
+    return [y for part in _POOLS[key].map(lambda p: [func(x) for x in p], parts) for y in part]
