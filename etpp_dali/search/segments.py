@@ -64,6 +64,8 @@ class SegmentTrainer(Trainer):
         return None
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        if self.cfg.task != "classify":  # a k-NN score needs its memory pass: the trainer's own
+            return super()._evaluate(model)
         if not self.val_batches:
             self.val_batches.extend((images.clone(), labels.clone()) for images, labels in self.val_loader)
         return evaluate(model, self.val_batches, self.curriculum.resolution, self.optim.autocast, self.device)
