@@ -247,10 +247,14 @@ def test_command_line_writes_back_the_options_given_in_the_order_asked():
     assert command_line(params, train_command, ["seed", "model", "data"]) == ["--seed", "0", "--model", "resnet18"]
 
 
-def test_the_cli_and_etpp_schedule_import_neither_torch_nor_dali():
+@pytest.mark.parametrize("args, shown", [
+    (["schedule", "--batch-size", "64", "--stage-batch", "auto"], ""),
+    (["schedule", "--mae-patch", "16", "--family", "deit"], "visible"),  # the MAE schedule's token columns
+])
+def test_the_cli_and_etpp_schedule_import_neither_torch_nor_dali(args, shown):
     code = ("import sys; from click.testing import CliRunner; from etpp_dali.cli import main; "
-            "res = CliRunner().invoke(main, ['schedule', '--batch-size', '64', '--stage-batch', 'auto']); "
-            "assert res.exit_code == 0, res.output; "
+            f"res = CliRunner().invoke(main, {args!r}); "
+            f"assert res.exit_code == 0 and {shown!r} in res.output, res.output; "
             "bad = [m for m in ('torch', 'nvidia.dali', 'timm') if m in sys.modules]; "
             "sys.exit(f'imports {bad}' if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
