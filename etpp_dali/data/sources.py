@@ -5,7 +5,7 @@ would not take is listed once with its reason and left out, and the pixel size o
 image is known (the random-resized-crop windows are drawn in Python from it). A source's images
 are arrays (:class:`~etpp_dali.data.records.RecordTable`), views of the memory-mapped index the
 ranks of a node share. Reading is plain file I/O on the Python side: ``read(i)`` returns the
-encoded bytes of sample ``i``.
+encoded bytes of sample ``i``, ``read_batch(indices)`` those of a batch, in one buffer.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from etpp_dali.data.entries import bad_of, records_of
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.lists import list_index
+from etpp_dali.data.reads import BufferPool, read_batch
 from etpp_dali.data.records import BadFile, DataError, ImageRecord, MembersView, RecordsView, RecordTable
 from etpp_dali.data.scan import check_level, scan_split
 from etpp_dali.data.shards import shard_index
@@ -80,6 +81,12 @@ class Source:
     def read(self, i: int) -> np.ndarray:
         """The encoded bytes of sample ``i`` as a uint8 array."""
         return self.table.read(i)
+
+    def read_batch(self, indices: Sequence[int] | np.ndarray,
+                   pool: BufferPool | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+        """The encoded bytes of samples ``indices`` (views into one buffer, the same bytes as
+        :meth:`read`) and that buffer: :func:`etpp_dali.data.reads.read_batch`."""
+        return read_batch(self.table, indices, pool)
 
     def subset(self, indices: Sequence[int] | np.ndarray, bad: Sequence[BadFile] = ()) -> Source:
         """The samples at ``indices``, in that order, as a source of their own."""

@@ -237,7 +237,7 @@ class CurriculumLoader:
         if runner.feed is None or runner.feed.next_batch() != (epoch, self.step):  # a start, or the run jumped
             position = (epoch, self.step)
             runner.start(EchoFeed(self.plan, position, self._layouts, self.echo_schedule.echoes, self._decoder)
-                         if echoes else Feed(self.plan, position))
+                         if echoes else Feed(self.plan, position, self.settings.feed_workers))
         return runner
 
     def _fresh_count(self, epoch: int, produced: int) -> int:

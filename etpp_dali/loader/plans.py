@@ -24,18 +24,27 @@ padded. A file the decoder failed on is dropped and the later batches shift by o
 from __future__ import annotations
 
 import collections
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from etpp_dali.curriculum.schedule import Curriculum
+from etpp_dali.data.reads import BufferPool
 from etpp_dali.data.scan import DataError
 from etpp_dali.data.sources import Source
 from etpp_dali.loader.feeds import PipelineConfig, make_train_batch, make_val_batch
 
-__all__ = ["EpochSteps", "TrainPlan", "ValPlan", "Feed"]
+__all__ = ["EpochSteps", "TrainPlan", "ValPlan", "Feed", "Job"]
+
+# a batch's job: ``job(pool)`` -> (pipeline inputs, the buffer holding its bytes)
+Job = Callable[..., tuple[tuple, np.ndarray]]
+# DALI copies an external source's batch when it takes it, right after the call; a buffer waits
+# this many further calls before it is reused all the same
+_RECYCLE_AFTER = 2
 
 
 def _every_epoch(epoch: int) -> bool:
@@ -148,20 +157,31 @@ class TrainPlan:
         """The decoder failed on source image ``index``: it is replaced for the rest of the run."""
         self.excluded[index] = reason
 
-    def batches(self, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], tuple]]:
-        """(position, pipeline inputs) from ``start`` to the end of the schedule, in consumption order."""
+    def jobs(self, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], Job]]:
+        """(position, job) from ``start`` to the end of the schedule, in consumption order: a job
+        makes the batch's pipeline inputs (its reads and draws), on any thread, the same whenever
+        it runs."""
         epoch, step = start
         while epoch < self.curriculum.total_epochs and self.runs_here(epoch):
             stage = self.curriculum.stage_at(epoch)
             order = self.epoch_order(epoch)
             for s in range(step, self.batches_in_epoch(epoch)):
                 idx = self.batch_indices((epoch, s), order)
-                rng = np.random.default_rng([self.seed, epoch, s, self.shard_id])
-                batch = make_train_batch([self.source.read(int(i)) for i in idx], self._labels[idx],
-                                         self._sizes[idx], band=stage.band, magnitude=stage.magnitude, epoch=epoch,
-                                         step=s, rng=rng, cfg=self.cfg)
-                yield (epoch, s), batch.as_feed(self.cfg.randaugment)
+                yield (epoch, s), functools.partial(self._make, idx, stage.band, stage.magnitude, epoch, s)
             epoch, step = epoch + 1, 0
+
+    def _make(self, idx: np.ndarray, band: int, magnitude: float, epoch: int, step: int,
+              pool: BufferPool | None = None) -> tuple[tuple, np.ndarray]:
+        encoded, buffer = self.source.read_batch(idx, pool)
+        rng = np.random.default_rng([self.seed, epoch, step, self.shard_id])
+        batch = make_train_batch(encoded, self._labels[idx], self._sizes[idx], band=band, magnitude=magnitude,
+                                 epoch=epoch, step=step, rng=rng, cfg=self.cfg)
+        return batch.as_feed(self.cfg.randaugment), buffer
+
+    def batches(self, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], tuple]]:
+        """(position, pipeline inputs) from ``start`` to the end of the schedule, in consumption order."""
+        for position, job in self.jobs(start):
+            yield position, job()[0]
 
 
 class ValPlan:
@@ -185,30 +205,67 @@ class ValPlan:
         """The decoder failed on source image ``index``: dropped, later batches shift by one image."""
         self.indices = self.indices[self.indices != index]
 
-    def batches(self, start: int) -> Iterator[tuple[int, tuple]]:
+    def jobs(self, start: int) -> Iterator[tuple[int, Job]]:
+        """(batch number, job) from ``start`` on; a job reads the batch and computes its geometry."""
         for s in range(start, len(self)):
-            idx = self.batch_indices(s)
-            batch = make_val_batch([self.source.read(int(i)) for i in idx], self._labels[idx], self._sizes[idx],
-                                   self.cfg)
-            yield s, batch.as_feed()
+            yield s, functools.partial(self._make, self.batch_indices(s))
+
+    def _make(self, idx: np.ndarray, pool: BufferPool | None = None) -> tuple[tuple, np.ndarray]:
+        encoded, buffer = self.source.read_batch(idx, pool)
+        return make_val_batch(encoded, self._labels[idx], self._sizes[idx], self.cfg).as_feed(), buffer
+
+    def batches(self, start: int) -> Iterator[tuple[int, tuple]]:
+        for position, job in self.jobs(start):
+            yield position, job()[0]
 
 
 class Feed:
     """The callable DALI pulls a plan's batches from, from position ``start`` on. Remembers the
     positions it produced that the loader has not taken yet (``produced``, oldest first): the
-    batches DALI holds, among which a decode failure happened."""
+    batches DALI holds, among which a decode failure happened.
 
-    def __init__(self, plan: Any, start: Any) -> None:
-        self.plan = plan
-        self._batches = plan.batches(start)
+    ``threads``: batches made ahead, in order, on that many worker threads (reads release the
+    GIL, so the threads' file copies overlap each other and the caller's work); 0 makes each
+    batch when DALI asks for it. A batch is the same either way (its draws are seeded by its
+    position). The batches' bytes are read into recycled buffers: DALI copies an external
+    source's input when it takes it, and a buffer is reused only ``_RECYCLE_AFTER`` calls later.
+    """
+
+    def __init__(self, plan: Any, start: Any, threads: int = 0) -> None:
+        self.plan, self.threads = plan, threads
+        self._jobs = plan.jobs(start)
         self.produced: collections.deque = collections.deque()
         self.next_unproduced = start
+        self._pool = BufferPool()
+        self._handed: collections.deque = collections.deque()  # buffers of the latest batches handed out
+        self._ahead: collections.deque = collections.deque()   # (position, future), in order
+        self._workers = ThreadPoolExecutor(threads, thread_name_prefix="etpp-feed") if threads > 0 else None
 
     def __call__(self) -> tuple:
-        position, values = next(self._batches)  # StopIteration ends the pipeline's data
+        if self._workers is None:
+            position, job = next(self._jobs)  # StopIteration ends the pipeline's data
+            values, buffer = job(self._pool)
+        else:
+            self._submit(2 * self.threads + 1)
+            if not self._ahead:
+                raise StopIteration
+            position, future = self._ahead.popleft()
+            values, buffer = future.result()
+            self._submit(2 * self.threads + 1)
+        self._handed.append(buffer)
+        if len(self._handed) > _RECYCLE_AFTER:
+            self._pool.give(self._handed.popleft())
         self.produced.append(position)
         self.next_unproduced = self.plan.successor(position)
         return values
+
+    def _submit(self, depth: int) -> None:
+        while len(self._ahead) < depth:
+            try:
+                position, job = next(self._jobs)
+            except StopIteration:
+                return
+            self._ahead.append((position, self._workers.submit(job, self._pool)))
 
     def next_batch(self) -> Any:
         """The position the pipeline hands out next."""
@@ -225,4 +282,12 @@ class Feed:
 
     def restart(self) -> "Feed":
         """A new feed of the same plan from the first batch not taken (after a file was left out)."""
-        return Feed(self.plan, self.next_batch())
+        self.close()
+        return Feed(self.plan, self.next_batch(), self.threads)
+
+    def close(self) -> None:
+        """Stop making batches ahead (the worker threads end once their current batch is read)."""
+        if self._workers is not None:
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self._workers = None
+        self._ahead.clear()

@@ -107,6 +107,8 @@ class PipelineRunner:
         self.start(self.feed.restart())
 
     def close(self) -> None:
-        """Release the pipeline (its threads and buffers) and its feed."""
+        """Release the pipeline (its threads and buffers) and its feed (and the feed's threads)."""
         self._pipe = None
+        if self.feed is not None:
+            self.feed.close()
         self.feed = None

@@ -31,6 +31,8 @@ from etpp_dali.util.threads import usable_cores
 
 __all__ = ["LoaderSettings", "distributed_shard", "settings_from"]
 
+# reads scale with threads until the copies out of the page cache fill the memory bus: a few do
+_AUTO_FEED_THREADS = 4
 DataArg = str | Path | Sequence[str | Path] | Source  # what a loader reads: a path, paths or a Source
 
 
@@ -70,7 +72,10 @@ class LoaderSettings:
     pipeline's; ``shard_id``/``num_shards``: this rank (None: from ``torch.distributed``);
     ``channels_last``/``dtype``: the images handed out; ``replay_buffer``, ``echo``, ``echo_max``,
     ``echo_buffer_mb``: replay and echo (:mod:`etpp_dali.loader.echo`); ``reprob``: random erasing;
-    ``verbose``: report left-out files and echo choices on stderr.
+    ``feed_threads``: threads that read and draw batches ahead of DALI (None: up to 4, the usable
+    cores; 0: on the caller's thread; the batches are the same either way,
+    :class:`~etpp_dali.loader.plans.Feed`); ``verbose``: report left-out files and echo choices on
+    stderr.
     """
 
     batch_size: int
@@ -93,6 +98,7 @@ class LoaderSettings:
     echo_max: int = 4
     echo_buffer_mb: float = DEFAULT_ECHO_BUFFER_MB
     reprob: float = 0.0
+    feed_threads: int | None = None
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -101,6 +107,7 @@ class LoaderSettings:
         _at_least("num_threads", self.num_threads, 1, optional=True)
         _at_least("prefetch", self.prefetch, 1)
         _at_least("replay_buffer", self.replay_buffer, 1, optional=True)
+        _at_least("feed_threads", self.feed_threads, 0, optional=True)
         resolve_device(self.device, self.device_id)  # the device's name, and that this machine has it
         if self.shard_id is not None or self.num_shards is not None:
             distributed_shard(self.shard_id, self.num_shards)
@@ -117,6 +124,11 @@ class LoaderSettings:
     def echo_setting(self) -> EchoSetting:
         """``echo`` and ``echo_buffer_mb`` as the loader runs them."""
         return parse_echo(self.echo, self.echo_buffer_mb)
+
+    @property
+    def feed_workers(self) -> int:
+        """The feed's worker threads: ``feed_threads``, else up to 4, as many as the usable cores."""
+        return min(_AUTO_FEED_THREADS, usable_cores()) if self.feed_threads is None else self.feed_threads
 
     def torch_device(self) -> torch.device:
         """The device the batches are on; a GPU is named by its index (DALI and torch then agree)."""

@@ -17,7 +17,7 @@ __all__ = ["ValidationLoader"]
 
 # the settings a validation loader takes as keywords (the rest are the training loader's)
 _KEYWORDS = frozenset({"device", "device_id", "num_threads", "shard_id", "num_shards", "interpolation",
-                       "channels_last", "dtype", "verbose"})
+                       "channels_last", "dtype", "feed_threads", "verbose"})
 
 
 class ValidationLoader:
@@ -30,7 +30,7 @@ class ValidationLoader:
     rather than padded, so no image counts twice.
 
     The settings: ``batch_size`` and the keywords ``device``, ``device_id``, ``num_threads``,
-    ``shard_id``, ``num_shards``, ``interpolation``, ``channels_last``, ``dtype``, ``verbose``
+    ``shard_id``, ``num_shards``, ``interpolation``, ``channels_last``, ``dtype``, ``feed_threads``, ``verbose``
     (as :class:`~etpp_dali.loader.settings.LoaderSettings` has them), or ``settings=``: the
     training loader's settings serve as they are (those of augmentation and echo go unused).
     ``classes``: the training split's class names (its label order); ``indices``: the source
@@ -60,7 +60,7 @@ class ValidationLoader:
         return len(self.plan)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._runner.start(Feed(self.plan, 0))
+        self._runner.start(Feed(self.plan, 0, self.settings.feed_workers))
         while self._runner.feed.next_batch() < len(self):
             out = self._runner.run()
             self._runner.feed.take()

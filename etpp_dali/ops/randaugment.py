@@ -273,9 +273,9 @@ def sample_randaugment(rng: np.random.Generator, magnitudes: np.ndarray, size: t
         applied = rng.random((n, OPS_PER_IMAGE)) < PROB
         mags = np.clip(rng.normal(magnitudes[:, None], MAG_STD, size=(n, OPS_PER_IMAGE)), 0.0, MAG_MAX)
         signs = np.where(rng.random((n, OPS_PER_IMAGE)) < 0.5, -1.0, 1.0)
-        for i in range(n):
+        for i, row in enumerate(applied.tolist()):  # lists: cheaper than a NumPy search per sample
             slot = 0
-            for k in np.flatnonzero(applied[i]):
+            for k in (k for k, on in enumerate(row) if on):
                 op = OPS[ops[i, k]]
                 arg = op.arg(float(mags[i, k] / MAG_MAX), signs[i, k], size)
                 if op.geometric:

@@ -51,7 +51,7 @@ class DecodeStage:
         if self._pipe is None:
             self._pipe = define_decode_pipeline(self.cfg)
             self._pipe.build()
-        self._pipe.feed_input("encoded", [source.read(int(i)) for i in indices])
+        self._pipe.feed_input("encoded", source.read_batch(indices)[0])
         try:
             (batch,) = self._pipe.run()
         except RuntimeError as exc:
@@ -113,6 +113,9 @@ class EchoFeed:
 
     def restart(self) -> "EchoFeed":
         return EchoFeed(self.plan, self.next_batch(), self._layout, self._runs_here, self._decoder)
+
+    def close(self) -> None:
+        """Nothing runs ahead here: the decode stage reads on the caller's thread."""
 
     def _generate(self, start: tuple[int, int]) -> Iterator[tuple[tuple[int, int], tuple]]:
         epoch, step = start

@@ -1,0 +1,214 @@
+"""The training feed alone: how many images a second the Python side hands DALI, per rank.
+
+The feed reads each batch's encoded files and makes its draws (crop windows, flips,
+RandAugment); DALI decodes what it is handed. This measures the feed without DALI, one rank of
+``--ranks`` (its share of the data set), batch ``--batch``, in an epoch of the schedule's last
+stage (the RandAugment magnitude at its highest: the most draws). Variants, each in a fresh
+process of its own (no other variant's threads alive):
+
+- ``per-file``: the feed before batches were read together: ``np.fromfile`` per file, then the
+  draws, on one thread;
+- ``feed-T``: :class:`etpp_dali.loader.plans.Feed` with ``T`` worker threads (0: the caller's
+  thread): batch reads into recycled buffers, made ``2T + 1`` batches ahead;
+- ``reads``: the batch reads alone, on one thread (no draws); ``draws``: the draws alone.
+
+A variant warms up (the feed's lookahead filled, the buffers allocated) and is then timed over
+``--windows`` windows of ``--batches`` batches; its rate is the median window. The rounds
+alternate the variants' order (forward, then backward), and the report keeps each variant's
+median and min-max over rounds. Every variant hashes the first batches it hands out (bytes and
+draws): the hashes must agree, or the report says so. Bound: the reads use one core each, so a
+feed faster than the usable cores times ``reads`` is a measurement error, flagged as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from etpp_dali.bench.record import machine_info, markdown_table, write_results
+from etpp_dali.curriculum.schedule import Curriculum
+from etpp_dali.data.reads import BufferPool
+from etpp_dali.data.sources import open_source
+from etpp_dali.loader.feeds import PipelineConfig, make_train_batch
+from etpp_dali.loader.plans import EpochSteps, Feed, TrainPlan
+from etpp_dali.util.threads import usable_cores
+
+__all__ = ["main", "measure", "report", "run_all"]
+
+_MODULE = "etpp_dali.bench.feed"
+_HASHED = 8  # batches whose bytes and draws every variant hashes
+_WARMUP = 30
+
+
+def _plan(data: str, batch: int, ranks: int, resolution: int) -> tuple[TrainPlan, int]:
+    source = open_source(data, "train")
+    curriculum = Curriculum.preset("etpp", family="resnet", budget=300, resolution=resolution)
+    cfg = PipelineConfig(resolution=resolution, batch_size=batch)
+    plan = TrainPlan(source, EpochSteps.of_shard(curriculum, batch, source, ranks), cfg, seed=0, shard_id=0,
+                     num_shards=ranks, tensor_replay=False)
+    return plan, curriculum.stages[-1].start_epoch
+
+
+def _digest(h: Any, values: tuple) -> None:
+    for v in values:
+        for part in (v if isinstance(v, list) else [v]):
+            h.update(np.ascontiguousarray(part).tobytes())
+
+
+def _per_file(plan: TrainPlan, epoch: int) -> Callable[[], tuple]:
+    """The feed before this change: a read per file, then the draws, on the caller's thread."""
+    stage, order, step = plan.curriculum.stage_at(epoch), plan.epoch_order(epoch), iter(range(10**9))
+
+    def make() -> tuple:
+        s = next(step)
+        idx = plan.batch_indices((epoch, s), order)
+        rng = np.random.default_rng([plan.seed, epoch, s, plan.shard_id])
+        batch = make_train_batch([plan.source.read(int(i)) for i in idx], plan.source.labels[idx],
+                                 plan.source.sizes[idx], band=stage.band, magnitude=stage.magnitude, epoch=epoch,
+                                 step=s, rng=rng, cfg=plan.cfg)
+        return batch.as_feed(plan.cfg.randaugment)
+    return make
+
+
+def _parts(plan: TrainPlan, epoch: int, part: str) -> Callable[[], tuple]:
+    """The reads alone (recycled buffers, as the feed reads) or the draws alone."""
+    stage, order, step, pool = plan.curriculum.stage_at(epoch), plan.epoch_order(epoch), iter(range(10**9)), BufferPool()
+    held: list[np.ndarray] = []
+
+    def make() -> tuple:
+        s = next(step)
+        idx = plan.batch_indices((epoch, s), order)
+        if part == "reads":
+            views, buffer = plan.source.read_batch(idx, pool)
+            held.append(buffer)
+            if len(held) > 3:
+                pool.give(held.pop(0))
+            return (views,)
+        rng = np.random.default_rng([plan.seed, epoch, s, plan.shard_id])
+        batch = make_train_batch([None] * len(idx), plan.source.labels[idx], plan.source.sizes[idx],
+                                 band=stage.band, magnitude=stage.magnitude, epoch=epoch, step=s, rng=rng,
+                                 cfg=plan.cfg)
+        return batch.as_feed(plan.cfg.randaugment)[1:]
+    return make
+
+
+def measure(data: str, variant: str, *, batch: int, ranks: int, resolution: int, windows: int,
+            batches: int) -> dict[str, Any]:
+    """One variant in this process: its window rates, CPU seconds and the digest of its first batches."""
+    plan, epoch = _plan(data, batch, ranks, resolution)
+    needed = _WARMUP + windows * batches
+    if needed > plan.batches_in_epoch(epoch):
+        raise SystemExit(f"--batches {batches} x --windows {windows}: more than the {plan.batches_in_epoch(epoch)} "
+                         "batches of an epoch of this rank; lower them or use a larger data set")
+    if variant == "per-file":
+        make = _per_file(plan, epoch)
+    elif variant in ("reads", "draws"):
+        make = _parts(plan, epoch, variant)
+    elif variant.startswith("feed-"):
+        make = Feed(plan, (epoch, 0), int(variant.split("-", 1)[1]))
+    else:
+        raise SystemExit(f"variant {variant!r} is unknown; use per-file, reads, draws or feed-T")
+    h = hashlib.sha256()
+    for k in range(_WARMUP):
+        values = make()
+        if k < _HASHED and variant != "draws":
+            _digest(h, values[:1] if variant == "reads" else values)
+    rates = []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            make()
+        rates.append(batches * batch / (time.perf_counter() - t0))
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    if isinstance(make, Feed):
+        make.close()
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"variant": variant, "rate": float(np.median(rates)), "window_rates": [round(r) for r in rates],
+            "cpu_us_per_image": round(cpu / (windows * batches * batch) * 1e6, 2),
+            "digest": h.hexdigest()[:16] if variant != "draws" else None, "images": len(plan.source)}
+
+
+def run_all(data: str, variants: list[str], *, rounds: int, **kw: Any) -> list[dict[str, Any]]:
+    """Every variant alone in a fresh process, ``rounds`` times, the order reversed every other round."""
+    rows = []
+    for r in range(rounds):
+        for variant in (variants if r % 2 == 0 else variants[::-1]):
+            args = [sys.executable, "-m", _MODULE, "one", "--data", data, "--variant", variant] + \
+                [f"--{k}={v}" for k, v in kw.items()]
+            done = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            if done.returncode:
+                raise SystemExit(f"{variant}: {done.stderr.strip().splitlines()[-1]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row.update(round=r, load1=os.getloadavg()[0])
+            rows.append(row)
+            print(f"round {r} {variant}: {row['rate']:.0f} img/s ({row['cpu_us_per_image']} CPU-us/image, "
+                  f"load {row['load1']:.2f})", file=sys.stderr)
+    return rows
+
+
+def report(rows: list[dict[str, Any]], cores: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per variant: median and min-max over rounds; and the checks (same batches, the bound)."""
+    summary, checks = [], []
+    by: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault(row["variant"], []).append(row)
+    for variant, runs in by.items():
+        rates = [r["rate"] for r in runs]
+        summary.append({"variant": variant, "median": round(float(np.median(rates))), "min": round(min(rates)),
+                        "max": round(max(rates)), "cpu_us_per_image": float(np.median([r["cpu_us_per_image"]
+                                                                                       for r in runs]))})
+    digests = {r["digest"] for r in rows if r["digest"] and r["variant"] != "reads"}
+    checks.append("same batches in every feed variant: " + ("yes" if len(digests) == 1 else f"NO ({digests})"))
+    reads = next((s["median"] for s in summary if s["variant"] == "reads"), None)
+    if reads:
+        bound = cores * reads
+        for s in summary:
+            if s["variant"].startswith("feed-") and s["max"] > bound:
+                checks.append(f"{s['variant']}: {s['max']} img/s is above {cores} cores x the reads alone "
+                              f"({bound}): a measurement error")
+        checks.append(f"bound: {cores} usable cores x reads alone on one thread = {bound} img/s")
+    return summary, checks
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}", description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["run", "one"])
+    parser.add_argument("--data", required=True, help="an ImageFolder root (its train/ split is used)")
+    parser.add_argument("--variant", default="feed-0")
+    parser.add_argument("--variants", default="per-file,reads,draws,feed-0,feed-1,feed-2,feed-4")
+    parser.add_argument("--batch", type=int, default=96)
+    parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--json", default=None)
+    a = parser.parse_args(argv)
+    kw = dict(batch=a.batch, ranks=a.ranks, resolution=a.resolution, windows=a.windows, batches=a.batches)
+    if a.what == "one":
+        print(json.dumps(measure(a.data, a.variant, **kw)))
+        return
+    if not Path(a.data).is_dir():
+        raise SystemExit(f"--data {a.data}: no such folder; give an ImageFolder root (bench/scale.sh builds one)")
+    rows = run_all(a.data, a.variants.split(","), rounds=a.rounds, **kw)
+    summary, checks = report(rows, usable_cores())
+    doc = {"benchmark": "feed", "data": a.data, "images": rows[0]["images"], "settings": kw, "rounds": a.rounds,
+           "summary": summary, "checks": checks, "rows": rows, "machine": machine_info()}
+    write_results(doc, a.json)
+    print(markdown_table(summary, ["variant", "median", "min", "max", "cpu_us_per_image"]))
+    print("\n".join(checks))
+
+
+if __name__ == "__main__":
+    main()
