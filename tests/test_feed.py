@@ -2,6 +2,7 @@
 the same batches, byte for byte and draw for draw, as the feed that read one file at a time."""
 
 import io
+import os
 import tarfile
 import threading
 
@@ -14,7 +15,7 @@ from etpp_dali.data.reads import BufferPool, read_batch
 from etpp_dali.data.records import ImageRecord
 from etpp_dali.data.sources import Source, file_list, image_folder, webdataset
 from etpp_dali.loader.feeds import PipelineConfig, make_train_batch
-from etpp_dali.loader.loaders import CurriculumLoader, LoaderSettings
+from etpp_dali.loader.loaders import CurriculumLoader, LoaderSettings, ValidationLoader
 from etpp_dali.loader.plans import EpochSteps, Feed, TrainPlan, ValPlan
 
 
@@ -140,10 +141,12 @@ def test_a_closed_feed_stops_its_threads_and_buffers_are_recycled(sources):
     assert not any(t.is_alive() for t in alive)
 
 
-def test_loader_batches_do_not_depend_on_feed_threads(unique_list):
+def test_loader_batches_do_not_depend_on_feed_threads(sources):
     """Through the real pipeline (whose external source copies each batch as it takes it), with
-    the buffers recycled: the same tensors with the feed on the caller's thread and on three."""
+    the buffers recycled (tar shards: the feed reads the bytes): the same tensors with the feed on
+    the caller's thread and on three."""
     cur = schedule()
+    unique_list = sources["shard"]
     runs = []
     for threads in (0, 3):
         loader = CurriculumLoader(unique_list, cur, 8, device="cpu", num_threads=1, prefetch=1, seed=2,
@@ -154,13 +157,66 @@ def test_loader_batches_do_not_depend_on_feed_threads(unique_list):
             epochs.append([(x.clone(), y.clone()) for x, y in loader])
         loader.close()
         runs.append(epochs)
-    assert [len(e) for e in runs[0]] == [len(e) for e in runs[1]] and len(runs[0][0]) == 5
+    assert [len(e) for e in runs[0]] == [len(e) for e in runs[1]] and len(runs[0][0]) == 3
     assert all(torch.equal(x, u) and torch.equal(y, v)
                for a, b in zip(*runs) for (x, y), (u, v) in zip(a, b))
 
 
 def test_feed_threads_setting():
-    assert LoaderSettings(batch_size=8, feed_threads=0).feed_workers == 0
-    assert 1 <= LoaderSettings(batch_size=8).feed_workers <= 4
+    assert LoaderSettings(batch_size=8, feed_threads=3).feed_workers(True) == 3
+    default = LoaderSettings(batch_size=8)
+    assert default.feed_workers(True) == 0 and default.feed_workers(False) == 1
     with pytest.raises(ValueError, match="feed_threads = -1 is invalid"):
         LoaderSettings(batch_size=8, feed_threads=-1)
+
+
+def test_paths_for_a_graph_that_reads_its_files(sources):
+    src = sources["folder"]
+    idx = [5, 0, 17]
+    assert [p.tobytes() for p in src.path_batch(idx)] == [os.fsencode(src.path(i)) for i in idx]
+    assert src.reads_files and not sources["shard"].reads_files
+    with pytest.raises(ValueError, match="tar members have no path"):
+        sources["shard"].path_batch([0])
+
+
+def loader_epochs(data, cur, **options):
+    train = CurriculumLoader(data, cur, 8, device="cpu", num_threads=1, seed=4, **options)
+    epochs = []
+    for e in range(cur.total_epochs):
+        train.set_epoch(e)
+        epochs.append([(x.clone(), y.clone()) for x, y in train])
+    train.close()
+    return epochs, train
+
+
+def test_the_graph_reading_files_gives_the_batches_of_the_feed_reading_them(unique_list, demo_root, monkeypatch):
+    """The files read by DALI (paths fed) or by the feed (bytes fed): the same training and
+    validation batches."""
+    cur = schedule()
+    by_graph, loader = loader_epochs(unique_list, cur)
+    val_graph = [(x, y) for x, y in ValidationLoader(demo_root, 32, 7, device="cpu", num_threads=1)]
+    assert loader.cfg.read_files
+    monkeypatch.setattr(Source, "reads_files", property(lambda self: False))
+    by_feed, loader = loader_epochs(unique_list, cur)
+    val_feed = [(x, y) for x, y in ValidationLoader(demo_root, 32, 7, device="cpu", num_threads=1)]
+    assert not loader.cfg.read_files
+    assert [len(e) for e in by_graph] == [len(e) for e in by_feed] and len(val_graph) == len(val_feed) == 4
+    assert all(torch.equal(x, u) and torch.equal(y, v)
+               for a, b in zip(by_graph, by_feed) for (x, y), (u, v) in zip(a, b))
+    assert all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(val_graph, val_feed))
+
+
+def test_a_file_deleted_after_the_scan_is_left_out_once(demo_root, tmp_path, capfd):
+    files = sorted((demo_root / "train").rglob("*.jpg"))[:24]
+    (tmp_path / "a").mkdir()
+    for f in files:
+        (tmp_path / "a" / f.name).write_bytes(f.read_bytes())
+    src = image_folder(tmp_path)
+    gone = src.path(5)
+    os.unlink(gone)
+    cur = schedule()
+    epochs, loader = loader_epochs(src, cur)
+    assert [sum(len(y) for _, y in e) for e in epochs] == [24] * cur.total_epochs
+    assert list(loader.excluded) == [5]
+    err = capfd.readouterr().err
+    assert err.count("left out") == 1 and f"left out {gone}: could not be opened" in err

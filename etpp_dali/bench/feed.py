@@ -1,28 +1,34 @@
 """The training feed alone: how many images a second the Python side hands DALI, per rank.
 
-The feed reads each batch's encoded files and makes its draws (crop windows, flips,
-RandAugment); DALI decodes what it is handed. This measures the feed without DALI, one rank of
-``--ranks`` (its share of the data set), batch ``--batch``, in an epoch of the schedule's last
-stage (the RandAugment magnitude at its highest: the most draws). Variants, each in a fresh
-process of its own (no other variant's threads alive):
+The feed makes each batch's inputs: the encoded files (their bytes, or, where the graph reads
+the files itself, their paths) and the draws (crop windows, flips, RandAugment). This measures
+it without decoding, one rank of ``--ranks`` (its share of the data set), batch ``--batch``, in
+an epoch of the schedule's last stage (the RandAugment magnitude at its highest: the most
+draws). Variants, each in a fresh process of its own (no other variant's threads alive):
 
-- ``per-file``: the feed before batches were read together: ``np.fromfile`` per file, then the
-  draws, on one thread;
-- ``feed-T``: :class:`etpp_dali.loader.plans.Feed` with ``T`` worker threads (0: the caller's
-  thread): batch reads into recycled buffers, made ``2T + 1`` batches ahead;
-- ``reads``: the batch reads alone, on one thread (no draws); ``draws``: the draws alone.
+- ``per-file``: the feed before this change: ``np.fromfile`` per file, then the draws, on one
+  thread;
+- ``bytes-T``: :class:`etpp_dali.loader.plans.Feed` reading the bytes (as it does for tar
+  shards) into recycled buffers, on ``T`` worker threads (0: the caller's thread);
+- ``paths-T``: the feed as the loaders run it on files: paths and draws, the graph reads;
+- ``dali-read-T``: ``paths-T`` with DALI reading the files (``fn.io.file.read`` on the usable
+  cores, the loader's graph up to its decoder): the feed and the reads together, what the
+  decoder is handed;
+- ``reads``: the feed's batch reads alone on one thread; ``draws``: the draws alone.
 
-A variant warms up (the feed's lookahead filled, the buffers allocated) and is then timed over
-``--windows`` windows of ``--batches`` batches; its rate is the median window. The rounds
-alternate the variants' order (forward, then backward), and the report keeps each variant's
-median and min-max over rounds. Every variant hashes the first batches it hands out (bytes and
-draws): the hashes must agree, or the report says so. Bound: the reads use one core each, so a
-feed faster than the usable cores times ``reads`` is a measurement error, flagged as such.
+A variant warms up (lookahead filled, buffers allocated) and is then timed over ``--windows``
+windows of ``--batches`` batches; its rate is the median window. The rounds alternate the
+variants' order (forward, then backward), and the report keeps each variant's median and
+min-max over rounds. Every feed variant hashes the first batches it hands out (the draws, and
+the bytes or paths): the hashes must agree within each kind, or the report says so. Bound: a
+read costs one core at least, so ``dali-read`` above the usable cores times ``reads`` (one
+thread) is a measurement error, flagged as such.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,12 +40,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from nvidia.dali import fn, pipeline_def
 
 from etpp_dali.bench.record import machine_info, markdown_table, write_results
 from etpp_dali.curriculum.schedule import Curriculum
 from etpp_dali.data.reads import BufferPool
 from etpp_dali.data.sources import open_source
-from etpp_dali.loader.feeds import PipelineConfig, make_train_batch
+from etpp_dali.loader.feeds import PipelineConfig, TrainBatch, make_train_batch
+from etpp_dali.loader.graphs import named_external_source
 from etpp_dali.loader.plans import EpochSteps, Feed, TrainPlan
 from etpp_dali.util.threads import usable_cores
 
@@ -61,6 +69,8 @@ def _plan(data: str, batch: int, ranks: int, resolution: int) -> tuple[TrainPlan
 
 def _digest(h: Any, values: tuple) -> None:
     for v in values:
+        if hasattr(v, "at"):  # a DALI batch
+            v = [v.at(i) for i in range(len(v))]
         for part in (v if isinstance(v, list) else [v]):
             h.update(np.ascontiguousarray(part).tobytes())
 
@@ -82,7 +92,8 @@ def _per_file(plan: TrainPlan, epoch: int) -> Callable[[], tuple]:
 
 def _parts(plan: TrainPlan, epoch: int, part: str) -> Callable[[], tuple]:
     """The reads alone (recycled buffers, as the feed reads) or the draws alone."""
-    stage, order, step, pool = plan.curriculum.stage_at(epoch), plan.epoch_order(epoch), iter(range(10**9)), BufferPool()
+    stage, order, step = plan.curriculum.stage_at(epoch), plan.epoch_order(epoch), iter(range(10**9))
+    pool = BufferPool()
     held: list[np.ndarray] = []
 
     def make() -> tuple:
@@ -102,6 +113,40 @@ def _parts(plan: TrainPlan, epoch: int, part: str) -> Callable[[], tuple]:
     return make
 
 
+class _DaliRead:
+    """The feed and DALI's reads: a pipeline of the external source and ``fn.io.file.read``."""
+
+    def __init__(self, plan: TrainPlan, epoch: int, threads: int) -> None:
+        self.feed = Feed(plan, (epoch, 0), threads)
+
+        def graph() -> tuple:
+            fed = named_external_source(self.feed, TrainBatch.feed_names(plan.cfg.randaugment))
+            return fn.io.file.read(fed["encoded"], dont_use_mmap=True), fed["labels"]
+
+        self.pipe = pipeline_def(graph, batch_size=plan.cfg.batch_size, num_threads=usable_cores(), device_id=None,
+                                 prefetch_queue_depth=2)()
+        self.pipe.build()
+
+    def __call__(self) -> tuple:
+        encoded, _ = self.pipe.run()
+        return (encoded,)  # DALI's batch as it is: copied out only to be hashed
+
+    def close(self) -> None:
+        self.feed.close()
+
+
+def _variant(plan: TrainPlan, epoch: int, variant: str) -> Callable[[], tuple]:
+    if variant == "per-file":
+        return _per_file(plan, epoch)
+    if variant in ("reads", "draws"):
+        return _parts(plan, epoch, variant)
+    kind, _, threads = variant.rpartition("-")
+    if kind in ("bytes", "paths", "dali-read") and threads.isdigit():
+        plan.cfg = dataclasses.replace(plan.cfg, read_files=kind != "bytes")
+        return _DaliRead(plan, epoch, int(threads)) if kind == "dali-read" else Feed(plan, (epoch, 0), int(threads))
+    raise SystemExit(f"variant {variant!r} is unknown; use per-file, reads, draws, bytes-T, paths-T or dali-read-T")
+
+
 def measure(data: str, variant: str, *, batch: int, ranks: int, resolution: int, windows: int,
             batches: int) -> dict[str, Any]:
     """One variant in this process: its window rates, CPU seconds and the digest of its first batches."""
@@ -110,19 +155,12 @@ def measure(data: str, variant: str, *, batch: int, ranks: int, resolution: int,
     if needed > plan.batches_in_epoch(epoch):
         raise SystemExit(f"--batches {batches} x --windows {windows}: more than the {plan.batches_in_epoch(epoch)} "
                          "batches of an epoch of this rank; lower them or use a larger data set")
-    if variant == "per-file":
-        make = _per_file(plan, epoch)
-    elif variant in ("reads", "draws"):
-        make = _parts(plan, epoch, variant)
-    elif variant.startswith("feed-"):
-        make = Feed(plan, (epoch, 0), int(variant.split("-", 1)[1]))
-    else:
-        raise SystemExit(f"variant {variant!r} is unknown; use per-file, reads, draws or feed-T")
+    make = _variant(plan, epoch, variant)
     h = hashlib.sha256()
     for k in range(_WARMUP):
         values = make()
         if k < _HASHED and variant != "draws":
-            _digest(h, values[:1] if variant == "reads" else values)
+            _digest(h, values)
     rates = []
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(windows):
@@ -131,12 +169,22 @@ def measure(data: str, variant: str, *, batch: int, ranks: int, resolution: int,
             make()
         rates.append(batches * batch / (time.perf_counter() - t0))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    if isinstance(make, Feed):
+    if hasattr(make, "close"):
         make.close()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return {"variant": variant, "rate": float(np.median(rates)), "window_rates": [round(r) for r in rates],
+    return {"variant": variant, "kind": _kind(variant), "rate": float(np.median(rates)),
+            "window_rates": [round(r) for r in rates],
             "cpu_us_per_image": round(cpu / (windows * batches * batch) * 1e6, 2),
             "digest": h.hexdigest()[:16] if variant != "draws" else None, "images": len(plan.source)}
+
+
+def _kind(variant: str) -> str:
+    """What a variant's digest covers: the draws with the bytes, with the paths, or the bytes alone."""
+    if variant.startswith("paths-"):
+        return "paths and draws"
+    if variant in ("reads",) or variant.startswith("dali-read-"):
+        return "bytes"
+    return "bytes and draws"
 
 
 def run_all(data: str, variants: list[str], *, rounds: int, **kw: Any) -> list[dict[str, Any]]:
@@ -168,16 +216,18 @@ def report(rows: list[dict[str, Any]], cores: int) -> tuple[list[dict[str, Any]]
         summary.append({"variant": variant, "median": round(float(np.median(rates))), "min": round(min(rates)),
                         "max": round(max(rates)), "cpu_us_per_image": float(np.median([r["cpu_us_per_image"]
                                                                                        for r in runs]))})
-    digests = {r["digest"] for r in rows if r["digest"] and r["variant"] != "reads"}
-    checks.append("same batches in every feed variant: " + ("yes" if len(digests) == 1 else f"NO ({digests})"))
+    for kind in sorted({r["kind"] for r in rows if r["digest"]}):
+        digests = {r["digest"] for r in rows if r["digest"] and r["kind"] == kind}
+        same = "yes" if len(digests) == 1 else f"NO ({sorted(digests)})"
+        checks.append(f"same {kind} in every variant that hands them out: {same}")
     reads = next((s["median"] for s in summary if s["variant"] == "reads"), None)
     if reads:
         bound = cores * reads
         for s in summary:
-            if s["variant"].startswith("feed-") and s["max"] > bound:
+            if s["variant"].startswith("dali-read-") and s["max"] > bound:
                 checks.append(f"{s['variant']}: {s['max']} img/s is above {cores} cores x the reads alone "
                               f"({bound}): a measurement error")
-        checks.append(f"bound: {cores} usable cores x reads alone on one thread = {bound} img/s")
+        checks.append(f"bound for reading files: {cores} usable cores x the reads alone on one thread = {bound} img/s")
     return summary, checks
 
 
@@ -185,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["run", "one"])
     parser.add_argument("--data", required=True, help="an ImageFolder root (its train/ split is used)")
-    parser.add_argument("--variant", default="feed-0")
-    parser.add_argument("--variants", default="per-file,reads,draws,feed-0,feed-1,feed-2,feed-4")
+    parser.add_argument("--variant", default="paths-0")
+    parser.add_argument("--variants", default="per-file,reads,draws,bytes-0,bytes-1,bytes-2,paths-0,paths-1,"
+                                               "dali-read-0,dali-read-1")
     parser.add_argument("--batch", type=int, default=96)
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=224)

@@ -10,6 +10,10 @@ threads overlap their copies (see :class:`etpp_dali.loader.plans.Feed`).
 
 The bytes are those ``np.fromfile`` (or, for a tar member, a read of its range) gives: the
 same images, bit for bit, whichever way they are read.
+
+Files (not tar members) can also be read by the DALI graph itself (``fn.io.file.read``, on
+DALI's C++ threads, no GIL, one copy out of the page cache): the feed then hands it each file's
+path as bytes (:func:`path_batch`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from etpp_dali.data.records import RecordTable
 
-__all__ = ["BufferPool", "read_batch"]
+__all__ = ["BufferPool", "path_batch", "read_batch"]
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _FIRST_BYTES = 1 << 20  # a pool's first buffer; it grows (doubling) to the largest batch
@@ -115,3 +119,14 @@ def _room(pool: BufferPool, buffer: np.ndarray, used: int, more: int) -> np.ndar
     larger = pool.take(max(2 * len(buffer), used + more))
     larger[:used] = buffer[:used]
     return larger  # the smaller one is dropped: buffers grow only until they hold the largest batch
+
+
+def path_batch(table: RecordTable, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+    """The paths of images ``indices`` (files, not tar members) as uint8 arrays of their bytes
+    (as the OS takes them), what DALI's ``fn.io.file.read`` reads."""
+    if table.offsets is not None:
+        raise ValueError("tar members have no path of their own: read them with read_batch")
+    prefixes = table.prefix_bytes
+    names, starts, ends, groups = table.names, table.name_start, table.name_end, table.groups
+    return [np.frombuffer(prefixes[groups.item(i)] + names[starts.item(i):ends.item(i)].tobytes(), dtype=np.uint8)
+            for i in (int(i) for i in indices)]

@@ -69,6 +69,7 @@ class RecordTable:
         self.names, self.name_start, self.name_end, self.groups = names, name_start, name_end, groups
         self.labels, self.sizes, self.formats = labels, sizes, formats
         self.offsets, self.nbytes = offsets, nbytes
+        self._prefix_bytes: list[bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -76,6 +77,13 @@ class RecordTable:
     def name(self, i: int) -> str:
         """Image ``i``'s name inside its group (a path below its folder, a tar member key)."""
         return str(self.names[self.name_start.item(i):self.name_end.item(i)].tobytes(), "utf-8", "surrogateescape")
+
+    @property
+    def prefix_bytes(self) -> list[bytes]:
+        """The group prefixes as the OS takes them (names are stored so already)."""
+        if self._prefix_bytes is None:
+            self._prefix_bytes = [os.fsencode(p) for p in self.prefixes]
+        return self._prefix_bytes
 
     def group_path(self, i: int) -> str:
         """The file image ``i`` lives in: its own path, or its tar shard's."""

@@ -21,7 +21,7 @@ import numpy as np
 from etpp_dali.data.entries import bad_of, records_of
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.lists import list_index
-from etpp_dali.data.reads import BufferPool, read_batch
+from etpp_dali.data.reads import BufferPool, path_batch, read_batch
 from etpp_dali.data.records import BadFile, DataError, ImageRecord, MembersView, RecordsView, RecordTable
 from etpp_dali.data.scan import check_level, scan_split
 from etpp_dali.data.shards import shard_index
@@ -87,6 +87,16 @@ class Source:
         """The encoded bytes of samples ``indices`` (views into one buffer, the same bytes as
         :meth:`read`) and that buffer: :func:`etpp_dali.data.reads.read_batch`."""
         return read_batch(self.table, indices, pool)
+
+    def path_batch(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """The paths of samples ``indices`` as byte arrays (files only; see
+        :func:`etpp_dali.data.reads.path_batch`): what a graph that reads its files is fed."""
+        return path_batch(self.table, indices)
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether each sample is a file of its own (not a tar member), which DALI can read by path."""
+        return self.table.offsets is None
 
     def subset(self, indices: Sequence[int] | np.ndarray, bad: Sequence[BadFile] = ()) -> Source:
         """The samples at ``indices``, in that order, as a source of their own."""

@@ -39,7 +39,9 @@ ECHO_FEED = ("decoded",) + ("labels", "anchor", "shape", "flip", "band", "tag")
 @dataclass
 class PipelineConfig:
     """What the graphs are built from. ``device``: ``"cpu"`` or ``"gpu"``; ``device_id``: the CUDA
-    device of a ``"gpu"`` graph (None: the current one), None for ``"cpu"``."""
+    device of a ``"gpu"`` graph (None: the current one), None for ``"cpu"``. ``read_files``: the
+    graph reads the image files itself (``fn.io.file.read``, on DALI's threads), so the feed's
+    ``encoded`` field holds each file's path as bytes; else it holds the encoded bytes."""
 
     resolution: int = 224
     batch_size: int = 64
@@ -56,6 +58,7 @@ class PipelineConfig:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_pct: float = 0.875
+    read_files: bool = False
     mean: Sequence[float] = field(default_factory=lambda: list(IMAGENET_MEAN_255))
     std: Sequence[float] = field(default_factory=lambda: list(IMAGENET_STD_255))
 

@@ -1,6 +1,7 @@
 """The DALI graphs: training (curriculum) and validation, built from a small config.
 
-Training, per sample, in named stages (:data:`TRAIN_STAGES`): ``decode`` only the
+Training, per sample, in named stages (:data:`TRAIN_STAGES`): ``decode`` (after reading the
+file, when the graph reads its files: ``PipelineConfig.read_files``) only the
 random-resized-crop window (``decoders.image_slice``: region-of-interest decoding, on the GPU
 with the ``mixed`` backend), ``resize`` it to R x R (bicubic, anti-aliased, as timm), ``warp``:
 flip and RandAugment's geometric ops (one affine warp), ``colour``: RandAugment's colour ops,
@@ -78,8 +79,15 @@ def named_external_source(feed: Callable[[], tuple], names: Sequence[str]) -> di
 # The training graph's stages, in order: each takes the image so far (None before the decoder),
 # the feed's values by name and the config. The echo graph starts at "warp", from its own
 # resize of decoded images.
+def _encoded(fed: dict[str, Any], cfg: PipelineConfig) -> Any:
+    """The encoded images: fed as bytes, or read here from the paths fed (``cfg.read_files``;
+    plain reads, not memory maps, so a file truncated under a running job fails its read rather
+    than the process)."""
+    return fn.io.file.read(fed["encoded"], dont_use_mmap=True) if cfg.read_files else fed["encoded"]
+
+
 def _decode_window(_: Any, fed: dict[str, Any], cfg: PipelineConfig) -> Any:
-    return fn.decoders.image_slice(fed["encoded"], fed["anchor"], fed["shape"], axis_names="HW",
+    return fn.decoders.image_slice(_encoded(fed, cfg), fed["anchor"], fed["shape"], axis_names="HW",
                                    normalized_anchor=False, normalized_shape=False, **_decoder_args(cfg))
 
 
@@ -215,7 +223,7 @@ def _resize_each(img: Any, size: Any, interpolation: str) -> Any:
 
 def _val_graph(cfg: PipelineConfig, feed: Callable[[], tuple]) -> dict[str, Any]:
     fed = named_external_source(feed, ValBatch.FEED)
-    img = fn.decoders.image(fed["encoded"], **_decoder_args(cfg))
+    img = fn.decoders.image(_encoded(fed, cfg), **_decoder_args(cfg))
     img = _resize_each(img, fed["size"], cfg.interpolation)
     img = fn.crop_mirror_normalize(img, crop=(cfg.resolution, cfg.resolution), crop_pos_x=fed["crop_x"],
                                    crop_pos_y=fed["crop_y"], mean=list(cfg.mean), std=list(cfg.std),

@@ -100,7 +100,7 @@ class CurriculumLoader:
         self.source = settings.open_data(data, "train")
         self.shard_id, self.num_shards = settings.shard()
         largest = max([self.batch_size] + [s.batch for s in curriculum.stages])  # any stage's batch fits the pipeline
-        self.cfg = settings.pipeline_config(self.device, curriculum.resolution, largest)
+        self.cfg = settings.pipeline_config(self.device, curriculum.resolution, largest, self.source.reads_files)
         self.echo_setting, self.echo_max = settings.echo_setting, settings.echo_max
         self._decoder = DecodeStage(self.cfg)
         steps = EpochSteps.of_shard(curriculum, self.batch_size, self.source, self.num_shards)
@@ -237,7 +237,7 @@ class CurriculumLoader:
         if runner.feed is None or runner.feed.next_batch() != (epoch, self.step):  # a start, or the run jumped
             position = (epoch, self.step)
             runner.start(EchoFeed(self.plan, position, self._layouts, self.echo_schedule.echoes, self._decoder)
-                         if echoes else Feed(self.plan, position, self.settings.feed_workers))
+                         if echoes else Feed(self.plan, position, self.settings.feed_workers(self.cfg.read_files)))
         return runner
 
     def _fresh_count(self, epoch: int, produced: int) -> int:

@@ -84,6 +84,13 @@ class EpochSteps:
         return (epoch, step + 1) if step + 1 < self.batches_in_epoch(epoch) else (epoch + 1, 0)
 
 
+def _encoded(source: Source, idx: np.ndarray, cfg: PipelineConfig,
+             pool: BufferPool | None) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """A batch's ``encoded`` field and the buffer holding it: the files' paths when the graph reads
+    them (``cfg.read_files``), else their bytes."""
+    return (source.path_batch(idx), None) if cfg.read_files else source.read_batch(idx, pool)
+
+
 class TrainPlan:
     """The batches of one rank over the whole schedule (see the module docstring).
 
@@ -172,7 +179,7 @@ class TrainPlan:
 
     def _make(self, idx: np.ndarray, band: int, magnitude: float, epoch: int, step: int,
               pool: BufferPool | None = None) -> tuple[tuple, np.ndarray]:
-        encoded, buffer = self.source.read_batch(idx, pool)
+        encoded, buffer = _encoded(self.source, idx, self.cfg, pool)
         rng = np.random.default_rng([self.seed, epoch, step, self.shard_id])
         batch = make_train_batch(encoded, self._labels[idx], self._sizes[idx], band=band, magnitude=magnitude,
                                  epoch=epoch, step=step, rng=rng, cfg=self.cfg)
@@ -211,7 +218,7 @@ class ValPlan:
             yield s, functools.partial(self._make, self.batch_indices(s))
 
     def _make(self, idx: np.ndarray, pool: BufferPool | None = None) -> tuple[tuple, np.ndarray]:
-        encoded, buffer = self.source.read_batch(idx, pool)
+        encoded, buffer = _encoded(self.source, idx, self.cfg, pool)
         return make_val_batch(encoded, self._labels[idx], self._sizes[idx], self.cfg).as_feed(), buffer
 
     def batches(self, start: int) -> Iterator[tuple[int, tuple]]:
@@ -275,9 +282,11 @@ class Feed:
         """The loader took the oldest batch out of the pipeline: its position."""
         return self.produced.popleft()
 
-    def in_flight(self, place: int) -> list[int]:
-        """The source indices at ``place`` of the batches produced and not taken."""
-        batches = (self.plan.batch_indices(position) for position in self.produced)
+    def in_flight(self, place: int | None = None) -> list[int]:
+        """The source indices at ``place`` (None: at every place) of the batches produced and not taken."""
+        batches = [self.plan.batch_indices(position) for position in self.produced]
+        if place is None:
+            return [int(i) for b in batches for i in b]
         return [int(b[place]) for b in batches if place < len(b)]
 
     def restart(self) -> "Feed":

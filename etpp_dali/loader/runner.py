@@ -6,7 +6,8 @@ the decoder fail. DALI then fails the whole run and names the sample's place in 
 ("Failed to decode sample #k"). The runner asks its feed which source images sat at that place in
 the batches in flight, decodes those with PIL to find the culprit (else takes the first),
 reports it once, has the feed's plan leave it out, and rebuilds the pipeline at the first batch
-the loader has not taken.
+the loader has not taken. Where the graph reads its files, a file gone or unreadable since the
+scan fails the run too; DALI names it, and it is left out the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from etpp_dali.loader.plans import Feed
 __all__ = ["PipelineRunner", "to_torch"]
 
 _FAILED_SAMPLE = re.compile(r"Failed to decode sample #(\d+)")
+_FAILED_FILE = re.compile(r"Could not open file (.+?)\s*$", re.MULTILINE)  # fn.io.file.read's message
 
 
 def to_torch(batch: Any, zero_copy: bool) -> torch.Tensor:
@@ -43,6 +45,12 @@ def failed_sample(exc: BaseException) -> int | None:
     """The place in its batch of the sample DALI's decoder gave up on, if that is the error."""
     match = _FAILED_SAMPLE.search(str(exc))
     return int(match.group(1)) if match else None
+
+
+def failed_file(exc: BaseException) -> str | None:
+    """The path of the file the graph could not open (a graph that reads its files), if that is the error."""
+    match = _FAILED_FILE.search(str(exc))
+    return match.group(1) if match else None
 
 
 def pick_culprit(source: Source, candidates: Sequence[int]) -> tuple[int, str]:
@@ -95,12 +103,17 @@ class PipelineRunner:
             return {name: to_torch(out, zero_copy) for name, out in zip(self.names, outputs)}
 
     def _recover(self, exc: RuntimeError) -> None:
-        k = failed_sample(exc)
-        candidates = self.feed.in_flight(k) if k is not None else []
-        if not candidates:
-            raise exc
         source = self.feed.plan.source
-        bad, reason = pick_culprit(source, candidates)
+        k, path = failed_sample(exc), failed_file(exc)
+        if path is not None:  # the graph reads its files: one of those in flight is gone or unreadable
+            candidates = [i for i in self.feed.in_flight() if source.path(i) == path]
+            bad, reason = (candidates[0], "could not be opened (deleted or unreadable since the scan)") \
+                if candidates else (None, "")
+        else:
+            candidates = self.feed.in_flight(k) if k is not None else []
+            bad, reason = pick_culprit(source, candidates) if candidates else (None, "")
+        if bad is None:
+            raise exc
         print(f"etpp: left out {source.records[bad].path}: {reason} (run `etpp check-data --deep`)",
               file=sys.stderr)
         self.feed.plan.leave_out(bad, reason)

@@ -31,8 +31,6 @@ from etpp_dali.util.threads import usable_cores
 
 __all__ = ["LoaderSettings", "distributed_shard", "settings_from"]
 
-# reads scale with threads until the copies out of the page cache fill the memory bus: a few do
-_AUTO_FEED_THREADS = 4
 DataArg = str | Path | Sequence[str | Path] | Source  # what a loader reads: a path, paths or a Source
 
 
@@ -72,10 +70,10 @@ class LoaderSettings:
     pipeline's; ``shard_id``/``num_shards``: this rank (None: from ``torch.distributed``);
     ``channels_last``/``dtype``: the images handed out; ``replay_buffer``, ``echo``, ``echo_max``,
     ``echo_buffer_mb``: replay and echo (:mod:`etpp_dali.loader.echo`); ``reprob``: random erasing;
-    ``feed_threads``: threads that read and draw batches ahead of DALI (None: up to 4, the usable
-    cores; 0: on the caller's thread; the batches are the same either way,
-    :class:`~etpp_dali.loader.plans.Feed`); ``verbose``: report left-out files and echo choices on
-    stderr.
+    ``feed_threads``: threads that make batches ahead of DALI (None: none where the graph reads
+    the files, one where the feed reads them, as for tar shards; 0: on the caller's thread; the
+    batches are the same either way, :class:`~etpp_dali.loader.plans.Feed`); ``verbose``: report
+    left-out files and echo choices on stderr.
     """
 
     batch_size: int
@@ -125,10 +123,13 @@ class LoaderSettings:
         """``echo`` and ``echo_buffer_mb`` as the loader runs them."""
         return parse_echo(self.echo, self.echo_buffer_mb)
 
-    @property
-    def feed_workers(self) -> int:
-        """The feed's worker threads: ``feed_threads``, else up to 4, as many as the usable cores."""
-        return min(_AUTO_FEED_THREADS, usable_cores()) if self.feed_threads is None else self.feed_threads
+    def feed_workers(self, read_files: bool) -> int:
+        """The feed's worker threads: ``feed_threads``; by default none where the graph reads the
+        files (``read_files``: the feed only draws), else one, which reads the bytes off the
+        training loop's thread."""
+        if self.feed_threads is not None:
+            return self.feed_threads
+        return 0 if read_files else 1
 
     def torch_device(self) -> torch.device:
         """The device the batches are on; a GPU is named by its index (DALI and torch then agree)."""
@@ -149,16 +150,18 @@ class LoaderSettings:
             report_left_out(source)
         return source
 
-    def pipeline_config(self, device: torch.device, resolution: int, batch_size: int) -> PipelineConfig:
+    def pipeline_config(self, device: torch.device, resolution: int, batch_size: int,
+                        read_files: bool = False) -> PipelineConfig:
         """The DALI pipeline's config on ``device`` for images of ``resolution`` in batches of
-        ``batch_size`` (the largest a pipeline run makes)."""
+        ``batch_size`` (the largest a pipeline run makes); ``read_files``: the graph reads the
+        image files (a source of files, not tar members)."""
         gpu = device.type == "cuda"
         return PipelineConfig(resolution=resolution, batch_size=batch_size, device="gpu" if gpu else "cpu",
                               device_id=device.index if gpu else None,
                               num_threads=self.num_threads or usable_cores(), seed=self.seed, lowpass=self.lowpass,
                               fourier_backend=self.fourier_backend, randaugment=self.randaugment,
                               interpolation=self.interpolation or "cubic", hw_decoder_load=self.hw_decoder_load,
-                              prefetch=self.prefetch)
+                              prefetch=self.prefetch, read_files=read_files)
 
     def format_images(self, images: torch.Tensor) -> torch.Tensor:
         """The memory format and dtype asked for (``channels_last``, ``dtype``)."""

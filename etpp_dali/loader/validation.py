@@ -46,7 +46,7 @@ class ValidationLoader:
         self.source = settings.open_data(data, "val", classes)
         self.shard_id, self.num_shards = settings.shard()
         everything = np.arange(len(self.source)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.cfg = settings.pipeline_config(self.device, resolution, self.batch_size)
+        self.cfg = settings.pipeline_config(self.device, resolution, self.batch_size, self.source.reads_files)
         self.plan = ValPlan(self.source, np.array_split(everything, self.num_shards)[self.shard_id], self.batch_size,
                             self.cfg)
         self._runner = PipelineRunner(VAL_OUTPUTS, functools.partial(define_val_pipeline, self.cfg))
@@ -60,7 +60,7 @@ class ValidationLoader:
         return len(self.plan)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._runner.start(Feed(self.plan, 0, self.settings.feed_workers))
+        self._runner.start(Feed(self.plan, 0, self.settings.feed_workers(self.cfg.read_files)))
         while self._runner.feed.next_batch() < len(self):
             out = self._runner.run()
             self._runner.feed.take()

@@ -108,7 +108,7 @@ class EchoFeed:
     def take(self) -> tuple[int, int]:
         return self.produced.popleft()
 
-    def in_flight(self, place: int) -> list[int]:
+    def in_flight(self, place: int | None = None) -> list[int]:
         return []  # the augment stage decodes nothing: failures surface in the decode stage
 
     def restart(self) -> "EchoFeed":
