@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from etpp_dali.data import parallel, probe, shards
+from etpp_dali.data import folders, parallel, probe, shards
 from etpp_dali.data.index import DamagedIndex, read_index, write_index
 from etpp_dali.data.lock import index_lock
 from etpp_dali.data.records import DataError, ImageRecord
@@ -414,15 +414,16 @@ def test_worker_processes_probe_as_one_process_does(tmp_path, hymenoptera, monke
     age(root)
     monkeypatch.setattr(parallel, "_MIN_FOR_PROCESSES", 1)
     monkeypatch.setattr(parallel, "_BATCH", 3)
+    monkeypatch.setattr(folders, "_PROBE_BATCH", 4)  # several batches, probed while later folders are listed
     forks = []
-    real = parallel._in_processes
-    monkeypatch.setattr(parallel, "_in_processes", lambda *args: forks.append(args[2]) or real(*args))
+    real = parallel._start_pool
+    monkeypatch.setattr(parallel, "_start_pool", lambda workers: forks.append(workers) or real(workers))
     scans = []
     for workers in ("2", "1"):
         monkeypatch.setenv("ETPP_SCAN_PROCESSES", workers)
         scans.append(scan_split(root, use_cache=False))
     forked, single = scans
-    assert forks == [2]
+    assert forks == [2]  # one pool of worker processes for all the batches of the scan
     assert [r for r in forked.records] == [r for r in single.records] and len(forked) == 11
     assert [str(b) for b in forked.bad] == [str(b) for b in single.bad] and len(forked.bad) == 1
 

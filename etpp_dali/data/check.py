@@ -42,8 +42,8 @@ def check_data(data_dir: str | Path, *, deep: bool = False, use_cache: bool = Tr
 
 def _bar_progress(bar: tqdm) -> Callable[[int, int], None]:
     def progress(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
+        if bar.total != total:  # the files listed so far: it grows while the folders are listed
+            bar.total = total
         bar.update(done)
     return progress
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.probe import Probe
-from etpp_dali.data.records import BadFile, RecordTable, pack_names
+from etpp_dali.data.records import BadFile, RecordTable, pack_names, pack_texts
 
 __all__ = ["Chunk", "Reasons", "assemble", "bad_of", "known_names", "records_of", "reuse_unchanged", "shallow",
            "unchanged"]
@@ -48,14 +48,24 @@ class Reasons:
 class Chunk:
     """The entries of one group, in order; ``todo`` lists those still to probe."""
 
-    def __init__(self, names: Sequence[bytes], label: int = -1, extra: Sequence[str] = ()) -> None:
-        self.names, _, self.ends = pack_names(names)
-        n = len(names)
+    def __init__(self, names: Sequence[bytes], label: int = -1, extra: Sequence[str] = (), *,
+                 texts: Sequence[str] | None = None) -> None:
+        self.names, _, self.ends = pack_texts(texts) if texts is not None else pack_names(names)
+        n = len(self.ends)
         self.fields = {k: np.zeros(n, dtype=t) for k, t in FIELDS.items()}
         self.fields.update({k: np.zeros(n, dtype=np.int64) for k in extra})
         self.fields["reason"][:] = -1
         self.fields["label"][:] = label
         self.todo: list[int] = list(range(n))
+
+    def texts(self, js: Sequence[int]) -> list[str]:
+        """Entries ``js``'s names as the OS lists them (``str``): decoded at once where they are
+        all ASCII (nearly always), else one by one."""
+        if len(self.names) and int(self.names.max()) < 0x80:
+            text = self.names.tobytes().decode("ascii")
+            ends = self.ends.tolist()
+            return [text[(ends[j - 1] if j else 0):ends[j]] for j in js]
+        return [os.fsdecode(self.name(j)) for j in js]
 
     @classmethod
     def copy_of(cls, old: MappedIndex, start: int, end: int, reason_map: np.ndarray) -> Chunk:

@@ -19,16 +19,16 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, known_names, reuse_unchanged, shallow, unchanged
 from etpp_dali.data.index import MappedIndex
-from etpp_dali.data.parallel import probe_files
+from etpp_dali.data.parallel import Prober
 from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns, of_kind
 
-__all__ = ["Progress", "folder_index", "probe_todo", "stale_entries"]
+__all__ = ["ProbeQueue", "Progress", "folder_index", "probe_todo", "stale_entries"]
 
 _PROBE_BATCH = 1 << 16
 Progress = Callable[[int, int], None]  # (files just done, files to do in all)
@@ -108,12 +108,12 @@ def _build(root: Path, classes: list[str], found: list[str], old: MappedIndex | 
            verify_files: bool, progress: Progress | None) -> tuple[dict, dict[str, np.ndarray]]:
     listed_ns = time.time_ns()
     reasons = Reasons()
-    walk = _Walk(root, old, reasons, level, verify_files)
     index = {c: i for i, c in enumerate(classes)}
-    for cls in found:
-        if cls in index:  # a val-only class: reported by scan_dataset
-            walk.visit(cls, index[cls])
-    probe_todo(walk.chunks, [_prefix(root, g[0]) for g in walk.groups], level, reasons, progress)
+    with ProbeQueue(level, reasons, progress) as queue:  # folders are probed while later ones are listed
+        walk = _Walk(root, old, reasons, level, verify_files, queue.add)
+        for cls in found:
+            if cls in index:  # a val-only class: reported by scan_dataset
+                walk.visit(cls, index[cls])
     arrays = assemble(walk.chunks, list(FIELDS))
     header = {"version": INDEX_VERSION, "kind": "folder", "root": str(root), "found": found, "classes": classes,
               "listed_ns": listed_ns, "newest_ns": newest_ns(arrays["mtime"], [g[1] for g in walk.groups]),
@@ -121,39 +121,76 @@ def _build(root: Path, classes: list[str], found: list[str], old: MappedIndex | 
     return header, arrays
 
 
+class ProbeQueue:
+    """Probes the entries chunks still have to do, as they are listed: batches of paths go to the
+    workers while the walk goes on, and each batch's results fill its chunks (``add`` a chunk with
+    its group's path prefix; leaving the ``with`` block probes the rest and waits for all).
+    ``progress(done, listed)``: files probed, files listed so far."""
+
+    def __init__(self, level: int, reasons: Reasons, progress: Progress | None) -> None:
+        self.level, self.reasons, self.progress = level, reasons, progress
+        self.listed = 0
+        self._jobs: list[tuple[Chunk, list[int]]] = []
+        self._paths: list[str] = []
+        self._pending: list[tuple[list[tuple[Chunk, list[int]]], Callable[[], list]]] = []
+        self._prober: Prober | None = None
+
+    def __enter__(self) -> ProbeQueue:
+        return self
+
+    def add(self, chunk: Chunk, prefix: str) -> None:
+        if not chunk.todo:
+            return
+        self._paths += [prefix + name for name in chunk.texts(chunk.todo)]
+        self._jobs.append((chunk, chunk.todo))
+        self.listed += len(chunk.todo)
+        chunk.todo = []
+        if len(self._paths) >= _PROBE_BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self._prober is None:  # a full batch means a large scan: worker processes
+            self._prober = Prober(self.level, len(self._paths))
+        tick = None if self.progress is None else (lambda n: self.progress(n, self.listed))
+        submitted = self._prober.submit(self._paths, tick)
+        self._finish()  # the batch before this one
+        self._pending.append((self._jobs, submitted))
+        self._jobs, self._paths = [], []
+
+    def _finish(self) -> None:
+        for jobs, probes in self._pending:
+            done, start = probes(), 0
+            for c, js in jobs:
+                c.fill(js, done[start:start + len(js)], self.level, self.reasons)
+                start += len(js)
+        self._pending.clear()
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        try:
+            if kind is None and self._paths:
+                self._submit()
+            if kind is None:
+                self._finish()
+        finally:
+            if self._prober is not None:
+                self._prober.__exit__(kind, *rest)
+
+
 def probe_todo(chunks: Sequence[Chunk], prefixes: Sequence[str], level: int, reasons: Reasons,
                progress: Progress | None) -> None:
     """Probe every entry the chunks still have to do (``prefixes[g]`` + name is a path)."""
-    total = sum(len(c.todo) for c in chunks)
-    jobs: list[tuple[Chunk, list[int], int]] = []
-
-    def run() -> None:
-        paths = [prefixes[g] + os.fsdecode(c.name(j)) for c, js, g in jobs for j in js]
-        probes = probe_files(paths, level, None if progress is None else (lambda n: progress(n, total)))
-        start = 0
-        for c, js, _ in jobs:
-            c.fill(js, probes[start:start + len(js)], level, reasons)
-            start += len(js)
-        jobs.clear()
-
-    waiting = 0
-    for g, chunk in enumerate(chunks):
-        if chunk.todo:
-            jobs.append((chunk, chunk.todo, g))
-            waiting += len(chunk.todo)
-            chunk.todo = []
-        if waiting >= _PROBE_BATCH:
-            run()
-            waiting = 0
-    if jobs:
-        run()
+    with ProbeQueue(level, reasons, progress) as queue:
+        for chunk, prefix in zip(chunks, prefixes):
+            queue.add(chunk, prefix)
 
 
 class _Walk:
     """``os.walk`` over the class folders, reusing the old index's listing of unchanged folders."""
 
-    def __init__(self, root: Path, old: MappedIndex | None, reasons: Reasons, level: int, verify_files: bool):
+    def __init__(self, root: Path, old: MappedIndex | None, reasons: Reasons, level: int, verify_files: bool,
+                 listed: Callable[[Chunk, str], None]):
         self.root, self.old, self.reasons, self.level, self.verify_files = root, old, reasons, level, verify_files
+        self.listed = listed  # hears of each folder's chunk (and its path prefix) once listed
         self.before = {g[0]: g for g in old.header["groups"]} if old else {}
         self.reason_map = reasons.remap(old.header["reasons"]) if old else None
         self.racy = old.header["listed_ns"] - RACY_NS if old else 0
@@ -173,12 +210,13 @@ class _Walk:
             self._recheck(chunk, str(folder), before[3])
         else:
             files, subdirs = _list_folder(str(folder))
-            chunk = Chunk([os.fsencode(n) for n in files], label)
+            chunk = Chunk((), label, texts=files)
             if before is not None:
                 self._reuse(chunk, str(folder), files, before)
         start = self.groups[-1][4] if self.groups else 0
         self.groups.append([rel, mtime, label, start, start + len(chunk), subdirs])
         self.chunks.append(chunk)
+        self.listed(chunk, _prefix(self.root, rel))
         for d in subdirs:
             self.visit(f"{rel}/{d}", label)
 

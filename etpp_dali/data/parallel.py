@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from etpp_dali.data.probe import Probe, probe_path
 from etpp_dali.util.threads import usable_cores
 
-__all__ = ["map_fastest", "probe_files", "scan_processes", "scan_threads"]
+__all__ = ["Prober", "map_fastest", "probe_files", "scan_processes", "scan_threads"]
 
 _BATCH = 2048             # files per timed batch, and per task of a worker process
 _RECHECK = 16             # batches between two comparisons of the thread counts
@@ -47,28 +47,56 @@ def scan_processes() -> int:
     return max(1, int(value)) if value else usable_cores()
 
 
+class Prober:
+    """Probes the batches of paths of one scan, in order: a large scan's worker processes are
+    started once, for all its batches (``expected``: the files the scan will probe), and the
+    caller builds the next batch while the workers probe the last (:meth:`submit` returns at
+    once; its result is a callable that waits). Use it as a context manager."""
+
+    def __init__(self, level: int, expected: int) -> None:
+        self.level = level
+        workers = scan_processes()
+        self._pool: Any = None
+        if workers > 1 and expected >= _MIN_FOR_PROCESSES:
+            try:
+                self._pool = _start_pool(workers)
+            except (OSError, AssertionError) as exc:  # no fork here, or a daemon process (no children)
+                print(f"etpp: scanning in one process ({exc})", file=sys.stderr)
+
+    def __enter__(self) -> "Prober":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.terminate()  # every result was collected (or the scan failed): nothing to wait for
+            self._pool = None
+
+    def submit(self, paths: Sequence[str], progress: Callable[[int], None] | None = None) -> Callable[[], list[Probe]]:
+        """Start probing ``paths``; call the result for the probes (``progress(n)`` as batches end)."""
+        if self._pool is None:
+            return lambda: map_fastest(partial(probe_path, level=self.level), paths, batch=_BATCH, progress=progress)
+        chunks = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
+        parts = self._pool.imap(partial(_probe_chunk, level=self.level), chunks)
+
+        def collect() -> list[Probe]:
+            out: list[Probe] = []
+            for part in parts:
+                out += part
+                if progress is not None:
+                    progress(len(part))
+            return out
+        return collect
+
+
+def _start_pool(workers: int) -> Any:
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
 def probe_files(paths: Sequence[str], level: int, progress: Callable[[int], None] | None = None) -> list[Probe]:
     """``[probe_path(p, level) for p in paths]``, in worker processes when there are many;
     ``progress(n)`` after each batch of ``n`` files."""
-    workers = scan_processes()
-    if workers > 1 and len(paths) >= _MIN_FOR_PROCESSES:
-        try:
-            return _in_processes(paths, level, workers, progress)
-        except (OSError, AssertionError) as exc:  # no fork here, or a daemon process (no children)
-            print(f"etpp: scanning in one process ({exc})", file=sys.stderr)
-    return map_fastest(partial(probe_path, level=level), paths, batch=_BATCH, progress=progress)
-
-
-def _in_processes(paths: Sequence[str], level: int, workers: int,
-                  progress: Callable[[int], None] | None) -> list[Probe]:
-    chunks = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
-    out: list[Probe] = []
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for part in pool.imap(partial(_probe_chunk, level=level), chunks):
-            out += part
-            if progress is not None:
-                progress(len(part))
-    return out
+    with Prober(level, len(paths)) as prober:
+        return prober.submit(paths, progress)()
 
 
 def _probe_chunk(paths: Sequence[str], level: int) -> list[Probe]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["BadFile", "DataError", "FORMATS", "ImageRecord", "MembersView", "RecordTable", "RecordsView", "format_code",
-           "pack_names"]
+           "pack_names", "pack_texts"]
 
 # PIL format names of what DALI's decoders (nvImageCodec, CPU and GPU) take; a format's code is
 # its place in this tuple plus one (0: not decodable)
@@ -141,6 +141,18 @@ def pack_names(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
     lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
     ends = np.cumsum(lengths)
     return np.frombuffer(b"".join(encoded), dtype=np.uint8), ends - lengths, ends
+
+
+def pack_texts(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pack_names` of file names as the OS gives them (``str``), each encoded as
+    ``os.fsencode`` does, in one pass (a file name holds no NUL, which separates them here)."""
+    if not names:
+        return pack_names([])
+    joined = np.frombuffer(os.fsencode("\0".join(names) + "\0"), dtype=np.uint8)
+    nul = np.flatnonzero(joined == 0)
+    ends = nul - np.arange(len(nul))
+    starts = np.concatenate([[0], ends[:-1]])
+    return np.ascontiguousarray(joined[joined != 0]), starts, ends
 
 
 class _TableView(Sequence[Any]):
