@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from etpp_dali.data.index import MappedIndex
-from etpp_dali.data.probe import Probe
+from etpp_dali.data.probe import ProbeColumns
 from etpp_dali.data.records import BadFile, RecordTable, pack_names, pack_texts
 
 __all__ = ["Chunk", "Reasons", "assemble", "bad_of", "known_names", "records_of", "reuse_unchanged", "shallow",
@@ -93,16 +93,16 @@ class Chunk:
                     column[js] = old[k][pos]
             self.fields["reason"][js] = reason_map[self.fields["reason"][js]]
 
-    def fill(self, js: Sequence[int], probes: Sequence[Probe], level: int, reasons: Reasons) -> None:
+    def fill(self, js: Sequence[int], probes: ProbeColumns, level: int, reasons: Reasons) -> None:
         """Entries ``js`` were probed to ``level`` with these results."""
         if not len(js):
             return
         f, js = self.fields, np.asarray(js, dtype=np.int64)
-        size, mtime, code, height, width, why = zip(*probes)
-        for k, values in (("size", size), ("mtime", mtime), ("code", code), ("height", height), ("width", width)):
-            f[k][js] = values
+        for k in ("size", "mtime", "code", "height", "width"):
+            f[k][js] = getattr(probes, k)
         f["level"][js] = level
-        f["reason"][js] = [reasons.id(text) if not c else -1 for c, text in zip(code, why)]
+        f["reason"][js] = -1
+        f["reason"][js[probes.bad]] = [reasons.id(text) for text in probes.why]
 
 
 def known_names(old: MappedIndex, start: int, end: int) -> dict[bytes, int]:

@@ -161,7 +161,7 @@ class ProbeQueue:
         for jobs, probes in self._pending:
             done, start = probes(), 0
             for c, js in jobs:
-                c.fill(js, done[start:start + len(js)], self.level, self.reasons)
+                c.fill(js, done.part(start, start + len(js)), self.level, self.reasons)
                 start += len(js)
         self._pending.clear()
 
@@ -249,6 +249,12 @@ def _list_folder(folder: str) -> tuple[list[str], list[str]]:
         entries = list(os.scandir(folder))
     except OSError:
         return [], []
+    try:  # the usual case, in one pass: the entry types come with the listing
+        kinds = [(e.name, e.is_dir()) for e in entries if not e.name.startswith(".")]
+        return sorted(n for n, d in kinds if not d), sorted(e.name for e in entries if not e.name.startswith(".")
+                                                             and e.is_dir() and not e.is_symlink())
+    except OSError:  # a type the listing did not give, and the stat for it failed: one by one
+        pass
     for e in entries:
         if e.name.startswith("."):
             continue

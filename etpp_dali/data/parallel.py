@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable, Sequence
 
-from etpp_dali.data.probe import Probe, probe_path
+from etpp_dali.data.probe import ProbeColumns, probe_path
 from etpp_dali.util.threads import usable_cores
 
 __all__ = ["Prober", "map_fastest", "probe_files", "scan_processes", "scan_threads"]
@@ -71,20 +71,21 @@ class Prober:
             self._pool.terminate()  # every result was collected (or the scan failed): nothing to wait for
             self._pool = None
 
-    def submit(self, paths: Sequence[str], progress: Callable[[int], None] | None = None) -> Callable[[], list[Probe]]:
+    def submit(self, paths: Sequence[str], progress: Callable[[int], None] | None = None) -> Callable[[], ProbeColumns]:
         """Start probing ``paths``; call the result for the probes (``progress(n)`` as batches end)."""
         if self._pool is None:
-            return lambda: map_fastest(partial(probe_path, level=self.level), paths, batch=_BATCH, progress=progress)
+            return lambda: ProbeColumns.of(map_fastest(partial(probe_path, level=self.level), paths, batch=_BATCH,
+                                                       progress=progress))
         chunks = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
         parts = self._pool.imap(partial(_probe_chunk, level=self.level), chunks)
 
-        def collect() -> list[Probe]:
-            out: list[Probe] = []
+        def collect() -> ProbeColumns:
+            out: list[ProbeColumns] = []
             for part in parts:
-                out += part
+                out.append(part)
                 if progress is not None:
                     progress(len(part))
-            return out
+            return ProbeColumns.joined(out)
         return collect
 
 
@@ -92,15 +93,15 @@ def _start_pool(workers: int) -> Any:
     return multiprocessing.get_context("fork").Pool(workers)
 
 
-def probe_files(paths: Sequence[str], level: int, progress: Callable[[int], None] | None = None) -> list[Probe]:
-    """``[probe_path(p, level) for p in paths]``, in worker processes when there are many;
-    ``progress(n)`` after each batch of ``n`` files."""
+def probe_files(paths: Sequence[str], level: int, progress: Callable[[int], None] | None = None) -> ProbeColumns:
+    """``probe_path(p, level)`` of every path, in order, as columns; in worker processes when
+    there are many; ``progress(n)`` after each batch of ``n`` files."""
     with Prober(level, len(paths)) as prober:
         return prober.submit(paths, progress)()
 
 
-def _probe_chunk(paths: Sequence[str], level: int) -> list[Probe]:
-    return map_fastest(partial(probe_path, level=level), paths, batch=len(paths) // 8 or 1)
+def _probe_chunk(paths: Sequence[str], level: int) -> ProbeColumns:
+    return ProbeColumns.of(map_fastest(partial(probe_path, level=level), paths, batch=len(paths) // 8 or 1))
 
 
 _RATES: dict[int, dict[int, float]] = {}  # process id -> files/sec last timed per thread count

@@ -18,7 +18,7 @@ import numpy as np
 from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, shallow
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.parallel import map_fastest
-from etpp_dali.data.probe import Probe, probe_range
+from etpp_dali.data.probe import Probe, ProbeColumns, probe_range
 from etpp_dali.data.records import DataError
 from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns, of_kind
 
@@ -101,7 +101,7 @@ def _chunk(members: list[tuple[str, int, int, Probe]], reasons: Reasons, level: 
     chunk = Chunk([os.fsencode(key) for key, *_ in members], extra=["offset"])
     chunk.fields["label"][:] = [label for _, label, _, _ in members]
     chunk.fields["offset"][:] = [offset for _, _, offset, _ in members]
-    chunk.fill(range(len(members)), [probe for *_, probe in members], level, reasons)
+    chunk.fill(range(len(members)), ProbeColumns.of([probe for *_, probe in members]), level, reasons)
     chunk.todo = []
     return chunk
 
