@@ -23,7 +23,7 @@ runs=${7:-searched etpp baseline}
 stamp=$(date +%Y%m%d)
 name="$out/search-$tag-cpu-$stamp"
 work=${WORK:-$(mktemp -d)}
-mkdir -p "$work"
+mkdir -p "$work" "$out"
 loads="$work/loads.jsonl"
 note() {  # step, event: the time and the 1-minute load average, one JSON line
     echo "{\"step\": \"$1\", \"event\": \"$2\", \"t\": $(date +%s.%N), \"load1\": $(cut -d' ' -f1 /proc/loadavg)}" >> "$loads"

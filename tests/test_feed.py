@@ -1,14 +1,13 @@
 """The training feed: batches read into recycled buffers, made ahead on worker threads, and
 the same batches, byte for byte and draw for draw, as the feed that read one file at a time."""
 
-import io
 import os
-import tarfile
 import threading
 
 import numpy as np
 import pytest
 import torch
+from tar_shards import write_shard
 
 from etpp_dali.curriculum.schedule import Curriculum, StageSpec
 from etpp_dali.data.reads import BufferPool, read_batch
@@ -19,20 +18,11 @@ from etpp_dali.loader.loaders import CurriculumLoader, LoaderSettings, Validatio
 from etpp_dali.loader.plans import EpochSteps, Feed, TrainPlan, ValPlan
 
 
-def shard_of(path, files):
-    with tarfile.open(path, "w") as tar:
-        for i, f in enumerate(files):
-            for name, payload in ((f"k{i:03d}.jpg", f.read_bytes()), (f"k{i:03d}.cls", str(i % 3).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    return path
-
-
 @pytest.fixture(scope="module")
 def sources(demo_root, unique_list, tmp_path_factory):
     files = sorted((demo_root / "train").rglob("*.jpg"))[:20]
-    shard = shard_of(tmp_path_factory.mktemp("shards") / "s-000.tar", files)
+    shard = write_shard(tmp_path_factory.mktemp("shards") / "s-000.tar",
+                        [(f"k{i:03d}", f.read_bytes(), i % 3) for i, f in enumerate(files)])
     return {"folder": image_folder(demo_root / "train"), "list": file_list(unique_list), "shard": webdataset(shard)}
 
 

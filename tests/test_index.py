@@ -7,7 +7,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tarfile
 import textwrap
 import threading
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tar_shards import write_shard
 
 from etpp_dali.data import folders, parallel, probe, shards
 from etpp_dali.data.index import DamagedIndex, read_index, write_index
@@ -262,22 +262,11 @@ def test_file_list_index_and_missing_files(tmp_path, hymenoptera, count_probes, 
     assert list(again.labels) == [1, 2, 3, 5] and len(again.classes) == 6
 
 
-def shard_of(path: Path, items) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for key, data, label in items:
-            for name, payload in ((f"{key}.jpg", data), (f"{key}.cls", None if label is None else str(label).encode())):
-                if payload is not None:
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-    return path
-
-
 def test_shards_read_member_headers_only_and_reindex_only_changed_shards(tmp_path, hymenoptera, monkeypatch):
     files = photos(hymenoptera, 8)
     for s in range(2):
         part = files[4 * s:4 * s + 4]
-        age(shard_of(tmp_path / f"s-{s}.tar", [(f"k{s}{i}", f.read_bytes(), i) for i, f in enumerate(part)]))
+        age(write_shard(tmp_path / f"s-{s}.tar", [(f"k{s}{i}", f.read_bytes(), i) for i, f in enumerate(part)]))
     read = []
     real = os.pread
 
@@ -295,7 +284,7 @@ def test_shards_read_member_headers_only_and_reindex_only_changed_shards(tmp_pat
     indexed = []
     original = shards._index_shard
     monkeypatch.setattr(shards, "_index_shard", lambda p, level: indexed.append(p) or original(p, level))
-    shard_of(tmp_path / "s-1.tar", [("k9", files[0].read_bytes(), 3)])
+    write_shard(tmp_path / "s-1.tar", [("k9", files[0].read_bytes(), 3)])
     again = webdataset(str(tmp_path / "s-*.tar"))
     assert set(indexed) == {str(tmp_path / "s-1.tar")} and len(again) == 5 and list(again.labels[-1:]) == [3]
 

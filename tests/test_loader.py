@@ -1,7 +1,5 @@
 import dataclasses
 import gc
-import io
-import tarfile
 import weakref
 from pathlib import Path
 
@@ -9,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tar_shards import write_shard
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -297,13 +296,7 @@ def test_a_file_the_decoder_fails_on_is_left_out_without_stopping(demo_root, tmp
 
 def test_loader_reads_webdataset_shards_and_file_lists(demo_root, tmp_path, unique_list):
     files = sorted((demo_root / "train").rglob("*.jpg"))[:32]
-    shard = tmp_path / "shard-000.tar"
-    with tarfile.open(shard, "w") as tar:
-        for i, f in enumerate(files):
-            for name, payload in ((f"k{i:03d}.jpg", f.read_bytes()), (f"k{i:03d}.cls", str(i % 4).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+    shard = write_shard(tmp_path / "shard-000.tar", [(f"k{i:03d}", f.read_bytes(), i % 4) for i, f in enumerate(files)])
     cur = small_schedule()
     for data, n in ((str(shard), 32), (unique_list, 40)):
         loader = CurriculumLoader(data, cur, batch_size=8, device="cpu")
