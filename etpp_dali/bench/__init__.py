@@ -2,7 +2,8 @@
 
 The loader benchmark (each loader timed alone in its own process, rounds in alternating order:
 :mod:`.loader`, :mod:`.window`, the loaders compared in :mod:`.loaders` and :mod:`.reference`, the
-tables in :mod:`.report`), the crop benchmarks (:mod:`.crop`) and the shared record
+tables in :mod:`.report`), the training feed alone (:mod:`.feed`), the data sets of ImageNet size
+(:mod:`.scale`), the crop benchmarks (:mod:`.crop`) and the shared record
 (:mod:`.record`), time to accuracy against the baseline (:mod:`.train`), and MAE pre-training with
 ET++ against plain MAE (:mod:`.mae`).
 """
