@@ -125,6 +125,8 @@ def test_a_closed_feed_stops_its_threads_and_buffers_are_recycled(sources):
     assert len({id(b) for b in feed._handed}) == len(feed._handed) <= 2  # the rest went back to the pool
     feed.close()
     feed.close()  # twice is harmless
+    with pytest.raises(RuntimeError, match="this feed was closed"):
+        feed()
     alive = [t for t in threading.enumerate() if t.name.startswith("etpp-feed")]
     for t in alive:
         t.join(5)

@@ -231,11 +231,12 @@ class Feed:
     positions it produced that the loader has not taken yet (``produced``, oldest first): the
     batches DALI holds, among which a decode failure happened.
 
-    ``threads``: batches made ahead, in order, on that many worker threads (reads release the
-    GIL, so the threads' file copies overlap each other and the caller's work); 0 makes each
-    batch when DALI asks for it. A batch is the same either way (its draws are seeded by its
+    ``threads``: batches made ahead, in order, on that many worker threads (where the feed reads
+    the bytes, the reads release the GIL, so they overlap the caller's work); 0 makes each batch
+    when DALI asks for it. A batch is the same either way (its draws are seeded by its
     position). The batches' bytes are read into recycled buffers: DALI copies an external
     source's input when it takes it, and a buffer is reused only ``_RECYCLE_AFTER`` calls later.
+    A closed feed makes no more batches (a new one starts where it should).
     """
 
     def __init__(self, plan: Any, start: Any, threads: int = 0) -> None:
@@ -247,8 +248,11 @@ class Feed:
         self._handed: collections.deque = collections.deque()  # buffers of the latest batches handed out
         self._ahead: collections.deque = collections.deque()   # (position, future), in order
         self._workers = ThreadPoolExecutor(threads, thread_name_prefix="etpp-feed") if threads > 0 else None
+        self._closed = False
 
     def __call__(self) -> tuple:
+        if self._closed:
+            raise RuntimeError("this feed was closed; start a new one (restart()) to go on")
         if self._workers is None:
             position, job = next(self._jobs)  # StopIteration ends the pipeline's data
             values, buffer = job(self._pool)
@@ -295,7 +299,8 @@ class Feed:
         return Feed(self.plan, self.next_batch(), self.threads)
 
     def close(self) -> None:
-        """Stop making batches ahead (the worker threads end once their current batch is read)."""
+        """Stop making batches (the worker threads end once their current batch is made)."""
+        self._closed = True
         if self._workers is not None:
             self._workers.shutdown(wait=False, cancel_futures=True)
             self._workers = None
