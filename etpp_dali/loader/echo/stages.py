@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
+from etpp_dali.data.reads import BufferPool
 from etpp_dali.loader.echo.schedule import EchoEpoch
 from etpp_dali.loader.feeds import PipelineConfig, make_train_batch
 from etpp_dali.loader.graphs import define_decode_pipeline
@@ -37,6 +38,7 @@ class DecodeStage:
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
         self._pipe: Any = None
+        self._buffers = BufferPool()
         self.seconds, self.images = 0.0, 0
 
     def decode(self, source: Any, indices: np.ndarray) -> list[Any]:
@@ -51,7 +53,9 @@ class DecodeStage:
         if self._pipe is None:
             self._pipe = define_decode_pipeline(self.cfg)
             self._pipe.build()
-        self._pipe.feed_input("encoded", source.read_batch(indices)[0])
+        encoded, buffer = source.read_batch(indices, self._buffers)
+        self._pipe.feed_input("encoded", encoded)  # copied here: the buffer serves the next batch
+        self._buffers.give(buffer)
         try:
             (batch,) = self._pipe.run()
         except RuntimeError as exc:
