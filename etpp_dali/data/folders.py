@@ -244,26 +244,18 @@ class _Walk:
 
 def _list_folder(folder: str) -> tuple[list[str], list[str]]:
     """Files and the sub-folders ``os.walk`` descends into, sorted, without dot names."""
-    files, subdirs = [], []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return [], []
-    try:  # the usual case, in one pass: the entry types come with the listing
-        kinds = [(e.name, e.is_dir()) for e in entries if not e.name.startswith(".")]
-        return sorted(n for n, d in kinds if not d), sorted(e.name for e in entries if not e.name.startswith(".")
-                                                             and e.is_dir() and not e.is_symlink())
-    except OSError:  # a type the listing did not give, and the stat for it failed: one by one
-        pass
-    for e in entries:
-        if e.name.startswith("."):
-            continue
-        try:
-            is_dir = e.is_dir()
-        except OSError:
-            is_dir = False
-        if not is_dir:
-            files.append(e.name)
-        elif not e.is_symlink():
-            subdirs.append(e.name)
-    return sorted(files), sorted(subdirs)
+    kinds = [(e, _is_dir(e)) for e in entries if not e.name.startswith(".")]
+    return (sorted(e.name for e, is_dir in kinds if not is_dir),
+            sorted(e.name for e, is_dir in kinds if is_dir and not e.is_symlink()))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """As ``os.walk`` decides: a type it cannot read makes the entry a file."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False

@@ -5,8 +5,8 @@ The loaders hand DALI each batch's encoded bytes. Read one file at a time into a
 whose pages the kernel then faults in one by one, and the copy out of the page cache. Here a
 batch is read into one buffer (``os.readv`` into a view of it, the size from ``fstat`` on the open
 file or from the tar index), and the buffers are recycled by the caller (:class:`BufferPool`), so
-what remains is the open, the copy and the close. ``os.readv`` releases the GIL, so batches read on several
-threads overlap their copies (see :class:`etpp_dali.loader.plans.Feed`).
+what remains is the open, the copy and the close. ``os.readv`` releases the GIL, so batches read
+on worker threads overlap the caller's work (see :class:`etpp_dali.loader.plans.Feed`).
 
 The bytes are those ``np.fromfile`` (or, for a tar member, a read of its range) gives: the
 same images, bit for bit, whichever way they are read.
@@ -86,7 +86,7 @@ def read_batch(table: RecordTable, indices: Sequence[int] | np.ndarray,
     try:
         for i in (int(i) for i in indices):
             if table.offsets is None:
-                fd, offset = os.open(table.path(i), _OPEN_FLAGS), None
+                fd = os.open(table.path(i), _OPEN_FLAGS)
                 try:
                     size = os.fstat(fd).st_size
                     buffer = _room(pool, buffer, end, size)
