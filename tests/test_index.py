@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from tar_shards import write_shard
 
-from etpp_dali.data import folders, parallel, probe, shards
+from etpp_dali.data import folders, headers, parallel, probe, shards
 from etpp_dali.data.index import DamagedIndex, read_index, write_index
 from etpp_dali.data.lock import index_lock
 from etpp_dali.data.records import DataError, ImageRecord
@@ -35,13 +35,13 @@ def own_cache(tmp_path, monkeypatch):
 def count_probes(monkeypatch):
     """The paths probed, in order."""
     seen: list[str] = []
-    real = parallel.probe_path
+    real = parallel.probe_batch
 
-    def counting(path, level=probe.CHECK):
-        seen.append(path)
-        return real(path, level)
+    def counting(pieces, level, mapper=None):
+        seen.extend(prefix + name for prefix, names in pieces for name in names)
+        return real(pieces, level, mapper)
 
-    monkeypatch.setattr(parallel, "probe_path", counting)
+    monkeypatch.setattr(parallel, "probe_batch", counting)
     return seen
 
 
@@ -168,10 +168,35 @@ def test_fast_probe_agrees_with_pillow(tmp_path, hymenoptera):
             assert fast[2:] == pil, (f, level)
             assert probe.probe_bytes(f.read_bytes(), level)[2:] == pil
         data = f.read_bytes()
-        fast_paths += probe._jpeg_fast(data[:4096], len(data), probe.CHECK, lambda n, d=data: d[:n],
+        fast_paths += probe.jpeg_fast(data[:4096], len(data), probe.CHECK, lambda n, d=data: d[:n],
                                        lambda d=data: d[-4096:]) is not None
     assert fast_paths >= 396 + 8  # the photos and most variants never reach Pillow
     assert probe.probe_path(str(tmp_path / "truncated.jpg"), probe.TRUST)[2] > 0  # trust reads no end marker
+
+
+def test_the_batched_walk_gives_what_probe_path_gives(tmp_path, hymenoptera):
+    """Every file of a batch (photos, odd JPEGs, other formats, a folder, a missing path) gets the
+    verdict, size, mtime and frame ``probe_path`` gives it; the walk decides the plain JPEGs itself."""
+    files = sorted(hymenoptera.rglob("*.*"))
+    for name, data in jpeg_variants(hymenoptera).items():
+        (tmp_path / f"{name}.jpg").write_bytes(data)
+        files.append(tmp_path / f"{name}.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    paths = [str(f) for f in files] + [str(tmp_path / "folder.jpg"), str(tmp_path / "missing.jpg")]
+    for level in (probe.TRUST, probe.CHECK):
+        one = probe.ProbeColumns.of([probe.probe_path(p, level) for p in paths])
+        many = headers.probe_batch([("", paths)], level)
+        by_folder = headers.probe_batch([(str(f.parent) + os.sep, [f.name]) for f in map(Path, paths)], level)
+        assert all(np.array_equal(getattr(by_folder, k), getattr(many, k))
+                   for k in ("size", "mtime", "code", "height", "width", "bad")) and by_folder.why == many.why
+        for field in ("size", "mtime", "code", "height", "width", "bad"):
+            assert np.array_equal(getattr(many, field), getattr(one, field)), (level, field)
+        assert many.why == one.why and len(many.why) >= 7
+    heads = np.zeros((len(paths), 4096), np.uint8)
+    reads = [headers._read((None, p, memoryview(row)), True) for p, row in zip(paths, heads)]
+    _, _, alone = headers._walk(heads.reshape(-1), np.arange(len(paths)) * 4096, np.array([r[0] for r in reads]),
+                                np.array([r[1] for r in reads]))
+    assert np.count_nonzero(~alone[:397]) >= 380  # the photos, but those with longer headers (EXIF) or Photoshop blocks
 
 
 def test_damaged_index_files_are_rebuilt_never_trusted(tmp_path, hymenoptera, capsys):
@@ -321,14 +346,14 @@ def test_many_processes_scan_once(tmp_path, hymenoptera):
             shutil.copy(p, root / f"c{c}" / f"{k}.jpg")
     age(root)  # files written just now are read twice by design (RACY_NS): count who scans, not that
     script = textwrap.dedent(f"""
-        from etpp_dali.data import parallel, probe
+        from etpp_dali.data import headers, parallel, probe
         from etpp_dali.data.sources import open_source
         n = [0]
-        real = parallel.probe_path
-        def counting(p, level=probe.CHECK):
-            n[0] += 1
-            return real(p, level)
-        parallel.probe_path = counting
+        real = parallel.probe_batch
+        def counting(pieces, level, mapper=None):
+            n[0] += sum(len(names) for _, names in pieces)
+            return real(pieces, level, mapper)
+        parallel.probe_batch = counting
         src = open_source({str(root)!r})
         print(n[0], len(src))
     """)
@@ -451,3 +476,24 @@ def test_holdout_split_takes_subsets_of_the_index(tmp_path, hymenoptera):
             assert part.labels[i] == src.labels[j] and tuple(part.sizes[i]) == tuple(src.sizes[j])
     again = holdout_split(src, 0.3, seed=1)[1]
     assert [again.path(i) for i in range(len(again))] == [val.path(i) for i in range(len(val))]
+
+
+def test_short_calls_time_many_threads_once_in_a_while(monkeypatch):
+    """A worker maps many short lists (a task of a scan each): the batch timed on many threads comes
+    once every ``_RECHECK`` batches of the process, not once a call (threads only contend for the
+    GIL when the files are in the page cache, so that batch costs more than the others)."""
+    monkeypatch.delenv("ETPP_SCAN_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "_RATES", {})
+    monkeypatch.setattr(parallel, "_BATCHES", {})
+    clock, used = [0.0], []
+
+    def mapped(func, items, threads):  # many threads take three times as long here
+        used.append(threads)
+        clock[0] += len(items) * (1 if threads == 1 else 3)
+        return [func(x) for x in items]
+
+    monkeypatch.setattr(parallel, "_map_threads", mapped)
+    monkeypatch.setattr(parallel.time, "perf_counter", lambda: clock[0])
+    for _ in range(10):
+        assert parallel.map_fastest(lambda x: 2 * x, list(range(64)), batch=8) == [2 * x for x in range(64)]
+    assert len(used) == 80 and [k for k, t in enumerate(used) if t > 1] == [1, 17, 33, 49, 65]

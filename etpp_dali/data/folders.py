@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from etpp_dali.data.entries import FIELDS, Chunk, Reasons, assemble, known_names, reuse_unchanged, shallow, unchanged
+from etpp_dali.data.headers import Piece
 from etpp_dali.data.index import MappedIndex
 from etpp_dali.data.parallel import Prober
 from etpp_dali.data.store import INDEX_VERSION, RACY_NS, Recheck, index_path, load_index, newest_ns, of_kind
@@ -131,7 +132,8 @@ class ProbeQueue:
         self.level, self.reasons, self.progress = level, reasons, progress
         self.listed = 0
         self._jobs: list[tuple[Chunk, list[int]]] = []
-        self._paths: list[str] = []
+        self._pieces: list[Piece] = []
+        self._files = 0
         self._pending: list[tuple[list[tuple[Chunk, list[int]]], Callable[[], list]]] = []
         self._prober: Prober | None = None
 
@@ -141,21 +143,22 @@ class ProbeQueue:
     def add(self, chunk: Chunk, prefix: str) -> None:
         if not chunk.todo:
             return
-        self._paths += [prefix + name for name in chunk.texts(chunk.todo)]
+        self._pieces.append((prefix, chunk.texts(chunk.todo)))
         self._jobs.append((chunk, chunk.todo))
         self.listed += len(chunk.todo)
+        self._files += len(chunk.todo)
         chunk.todo = []
-        if len(self._paths) >= _PROBE_BATCH:
+        if self._files >= _PROBE_BATCH:
             self._submit()
 
     def _submit(self) -> None:
         if self._prober is None:  # a full batch means a large scan: worker processes
-            self._prober = Prober(self.level, len(self._paths))
+            self._prober = Prober(self.level, self._files)
         tick = None if self.progress is None else (lambda n: self.progress(n, self.listed))
-        submitted = self._prober.submit(self._paths, tick)
+        submitted = self._prober.submit(self._pieces, tick)
         self._finish()  # the batch before this one
         self._pending.append((self._jobs, submitted))
-        self._jobs, self._paths = [], []
+        self._jobs, self._pieces, self._files = [], [], 0
 
     def _finish(self) -> None:
         for jobs, probes in self._pending:
@@ -167,7 +170,7 @@ class ProbeQueue:
 
     def __exit__(self, kind: Any, *rest: Any) -> None:
         try:
-            if kind is None and self._paths:
+            if kind is None and self._files:
                 self._submit()
             if kind is None:
                 self._finish()

@@ -9,8 +9,10 @@ the GIL is released while a thread waits, so many files are in flight at once. A
 batches on one thread and on many, keeps the faster, and looks again every few batches
 (``ETPP_SCAN_THREADS`` fixes the count).
 
-The workers are forked: they run only this module's probing (no torch, no DALI, no thread pool
-of the parent, which does not survive a fork), and return plain tuples.
+A batch is probed by :func:`~etpp_dali.data.headers.probe_batch`: its headers read into one
+buffer (each folder opened once, its files by name) and walked together. The workers are forked:
+they run only this probing (no torch, no DALI, no thread pool of the parent, which does not
+survive a fork), and return columns.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from etpp_dali.data.probe import ProbeColumns, probe_path
+from etpp_dali.data.headers import Piece, probe_batch
+from etpp_dali.data.probe import ProbeColumns
 from etpp_dali.util.threads import usable_cores
 
 __all__ = ["Prober", "map_fastest", "probe_files", "scan_processes", "scan_threads"]
@@ -48,7 +51,8 @@ def scan_processes() -> int:
 
 
 class Prober:
-    """Probes the batches of paths of one scan, in order: a large scan's worker processes are
+    """Probes the batches of files of one scan, in order, each batch as pieces ``(folder prefix,
+    names)`` (see :func:`~etpp_dali.data.headers.probe_batch`): a large scan's worker processes are
     started once, for all its batches (``expected``: the files the scan will probe), and the
     caller builds the next batch while the workers probe the last (:meth:`submit` returns at
     once; its result is a callable that waits). Use it as a context manager."""
@@ -71,13 +75,14 @@ class Prober:
             self._pool.terminate()  # every result was collected (or the scan failed): nothing to wait for
             self._pool = None
 
-    def submit(self, paths: Sequence[str], progress: Callable[[int], None] | None = None) -> Callable[[], ProbeColumns]:
-        """Start probing ``paths``; call the result for the probes (``progress(n)`` as batches end)."""
+    def submit(self, pieces: Sequence[Piece],
+               progress: Callable[[int], None] | None = None) -> Callable[[], ProbeColumns]:
+        """Start probing the files of ``pieces``; call the result for the probes (``progress(n)`` as
+        batches end)."""
+        tasks = list(_tasks(pieces, _BATCH))
         if self._pool is None:
-            return lambda: ProbeColumns.of(map_fastest(partial(probe_path, level=self.level), paths, batch=_BATCH,
-                                                       progress=progress))
-        chunks = [paths[i:i + _BATCH] for i in range(0, len(paths), _BATCH)]
-        parts = self._pool.imap(partial(_probe_chunk, level=self.level), chunks)
+            return lambda: ProbeColumns.joined([_probed(task, self.level, progress) for task in tasks])
+        parts = self._pool.imap(partial(_probe_chunk, level=self.level), tasks)
 
         def collect() -> ProbeColumns:
             out: list[ProbeColumns] = []
@@ -97,14 +102,40 @@ def probe_files(paths: Sequence[str], level: int, progress: Callable[[int], None
     """``probe_path(p, level)`` of every path, in order, as columns; in worker processes when
     there are many; ``progress(n)`` after each batch of ``n`` files."""
     with Prober(level, len(paths)) as prober:
-        return prober.submit(paths, progress)()
+        return prober.submit([("", paths)], progress)()
 
 
-def _probe_chunk(paths: Sequence[str], level: int) -> ProbeColumns:
-    return ProbeColumns.of(map_fastest(partial(probe_path, level=level), paths, batch=len(paths) // 8 or 1))
+def _tasks(pieces: Sequence[Piece], size: int) -> Iterator[list[Piece]]:
+    """The pieces cut into tasks of ``size`` files (the last one shorter), in order."""
+    task: list[Piece] = []
+    count = 0
+    for prefix, names in pieces:
+        start = 0
+        while start < len(names):
+            take = min(len(names) - start, size - count)
+            task.append((prefix, names[start:start + take]))
+            count, start = count + take, start + take
+            if count == size:
+                yield task
+                task, count = [], 0
+    if task:
+        yield task
+
+
+def _probe_chunk(pieces: Sequence[Piece], level: int) -> ProbeColumns:
+    files = sum(len(names) for _, names in pieces)
+    return probe_batch(pieces, level, partial(map_fastest, batch=files // 8 or 1))
+
+
+def _probed(pieces: Sequence[Piece], level: int, progress: Callable[[int], None] | None) -> ProbeColumns:
+    out = _probe_chunk(pieces, level)
+    if progress is not None:
+        progress(len(out))
+    return out
 
 
 _RATES: dict[int, dict[int, float]] = {}  # process id -> files/sec last timed per thread count
+_BATCHES: dict[int, int] = {}  # process id -> batches mapped so far (calls are short: the phase spans them)
 
 
 def map_fastest(func: Callable[[Any], Any], items: Sequence[Any], *, batch: int,
@@ -113,11 +144,13 @@ def map_fastest(func: Callable[[Any], Any], items: Sequence[Any], *, batch: int,
     was faster when last timed in this process (see the module docstring)."""
     fixed = scan_threads()
     many = fixed or min(_MAX_THREADS, 4 * usable_cores())
-    rate = _RATES.setdefault(os.getpid(), {1: 0.0, many: 0.0})
+    pid = os.getpid()
+    rate = _RATES.setdefault(pid, {1: 0.0, many: 0.0})
     out: list[Any] = []
-    for k, start in enumerate(range(0, len(items), batch)):
+    for start in range(0, len(items), batch):
         part = items[start:start + batch]
-        phase = k % _RECHECK
+        phase = _BATCHES.get(pid, 0) % _RECHECK
+        _BATCHES[pid] = _BATCHES.get(pid, 0) + 1
         if fixed:
             threads = fixed
         elif phase < 2 and len(items) - start >= batch:  # time one batch on each count

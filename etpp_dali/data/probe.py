@@ -9,7 +9,8 @@ Well-formed JPEGs, nearly all of ImageNet, take a fast path: one read of the fir
 over the marker segments up to the start of scan, one read of the last bytes. The walk checks
 what Pillow's header parser checks (frame, quantisation tables, the APPn blocks it reads), except
 EXIF metadata, which the decoders do not need; anything it does not recognise goes to Pillow,
-whose verdict and reason then stand.
+whose verdict and reason then stand. A scan walks many headers at once
+(:mod:`etpp_dali.data.headers`), with the same verdicts.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ from PIL.Image import DecompressionBombError
 
 from etpp_dali.data.records import FORMATS, DataError, format_code
 
-__all__ = ["TRUST", "CHECK", "DEEP", "inspect_image", "probe_path", "probe_range", "probe_bytes", "Probe",
+__all__ = ["TRUST", "CHECK", "DEEP", "inspect_image", "jpeg_fast", "probe_path", "probe_range", "probe_bytes", "Probe",
            "ProbeColumns"]
 
 TRUST, CHECK, DEEP = 0, 1, 2
-_HEAD = 4096           # first read: holds the whole header of a plain JPEG
-_HEAD_MAX = 1 << 20    # headers longer than this (huge EXIF or ICC blocks) go to Pillow
-_TAIL = 4096           # where the end-of-image marker is looked for (as Pillow-based checks did)
-_SOF = (0xC0, 0xC1, 0xC2)                 # baseline, extended, progressive: the frames Pillow names "JPEG"
-_INSPECT = {0xDB, 0xE0, 0xE2, 0xED, 0xEE}  # DQT and the APPn whose content Pillow acts on
-_KNOWN = {0xC4, 0xDD, 0xFE} | set(range(0xE0, 0xF0)) | _INSPECT | set(_SOF)  # + DHT, DRI, COM, APPn
+HEAD_BYTES = 4096    # first read: holds the whole header of a plain JPEG
+_HEAD_MAX = 1 << 20  # headers longer than this (huge EXIF or ICC blocks) go to Pillow
+TAIL_BYTES = 4096    # where the end-of-image marker is looked for (as Pillow-based checks did)
+SOF_MARKERS = (0xC0, 0xC1, 0xC2)  # baseline, extended, progressive: the frames Pillow names "JPEG"
+INSPECTED_MARKERS = {0xDB, 0xE0, 0xE2, 0xED, 0xEE}  # DQT and the APPn whose content Pillow acts on
+# + DHT, DRI, COM, APPn: the segments the walk steps over
+KNOWN_MARKERS = {0xC4, 0xDD, 0xFE} | set(range(0xE0, 0xF0)) | INSPECTED_MARKERS | set(SOF_MARKERS)
 _NEED_MORE = -1
 
 # (size, mtime_ns, format code, height, width, reason): code 0 with a reason for a bad file
@@ -127,9 +129,9 @@ def probe_path(path: str, level: int = CHECK) -> Probe:
 def probe_range(fd: int, offset: int, size: int, level: int = CHECK) -> Probe:
     """:func:`probe_path` for the ``size`` bytes at ``offset`` of the open file ``fd`` (a tar
     member); the mtime is 0. Reads the first and last bytes; all of them only for Pillow."""
-    head = os.pread(fd, min(size, _HEAD), offset)
-    fast = _jpeg_fast(head, size, level, lambda n: os.pread(fd, n, offset),
-                      lambda: os.pread(fd, _TAIL, offset + size - _TAIL))
+    head = os.pread(fd, min(size, HEAD_BYTES), offset)
+    fast = jpeg_fast(head, size, level, lambda n: os.pread(fd, n, offset),
+                      lambda: os.pread(fd, TAIL_BYTES, offset + size - TAIL_BYTES))
     if fast is None:
         return probe_bytes(os.pread(fd, size, offset) if size > len(head) else head, level)
     return (size, 0) + fast
@@ -138,13 +140,13 @@ def probe_range(fd: int, offset: int, size: int, level: int = CHECK) -> Probe:
 def probe_bytes(data: bytes, level: int = CHECK) -> Probe:
     """:func:`probe_path` for encoded bytes in memory (a tar member); the mtime is 0."""
     size = len(data)
-    fast = _jpeg_fast(data[:_HEAD], size, level, lambda n: data[:n], lambda: data[-_TAIL:])
+    fast = jpeg_fast(data[:HEAD_BYTES], size, level, lambda n: data[:n], lambda: data[-TAIL_BYTES:])
     if fast is None:
         fast = _pil_verdict(lambda: io.BytesIO(data), size, level)
     return (size, 0) + fast
 
 
-def _jpeg_fast(head: bytes, size: int, level: int, read_head: Callable[[int], bytes],
+def jpeg_fast(head: bytes, size: int, level: int, read_head: Callable[[int], bytes],
                read_tail: Callable[[], bytes]) -> tuple[int, int, int, str] | None:
     """The verdict on a well-formed JPEG without Pillow, or ``None`` (Pillow decides)."""
     if size == 0:
@@ -160,7 +162,7 @@ def _jpeg_fast(head: bytes, size: int, level: int, read_head: Callable[[int], by
     height, width = frame
     if height * width > Image.MAX_IMAGE_PIXELS or height < 1 or width < 1:
         return None  # Pillow's own warning, refusal or message
-    if level >= CHECK and b"\xff\xd9" not in (head[-_TAIL:] if size <= len(head) else read_tail()):
+    if level >= CHECK and b"\xff\xd9" not in (head[-TAIL_BYTES:] if size <= len(head) else read_tail()):
         return 0, 0, 0, "truncated JPEG (no end-of-image marker)"
     return format_code("JPEG"), height, width, ""
 
@@ -178,15 +180,15 @@ def _jpeg_frame(buf: bytes) -> tuple[int, int] | int | None:
         if marker == 0xDA:
             return frame
         end = pos + 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
-        if end < pos + 4 or marker not in _KNOWN:
+        if end < pos + 4 or marker not in KNOWN_MARKERS:
             return None
         if end > n:
             return _NEED_MORE
-        if marker in _SOF:
+        if marker in SOF_MARKERS:
             if end - pos < 10 or buf[pos + 4] != 8 or buf[pos + 9] not in (1, 3, 4):
                 return None  # Pillow refuses these with its own message
             frame = ((buf[pos + 5] << 8) | buf[pos + 6], (buf[pos + 7] << 8) | buf[pos + 8])
-        elif marker in _INSPECT and not _known_segment(marker, buf, pos + 4, end):
+        elif marker in INSPECTED_MARKERS and not _known_segment(marker, buf, pos + 4, end):
             return None
         pos = end
 
@@ -245,7 +247,7 @@ def _pil_inspect(opener: Callable, size: int, level: int) -> tuple[str, int, int
             width, height = img.size
             tail = b""
             if level >= CHECK:
-                f.seek(max(0, size - _TAIL))
+                f.seek(max(0, size - TAIL_BYTES))
                 tail = f.read()
     except UnidentifiedImageError:
         raise DataError("not an image (unrecognised content)") from None
