@@ -10,11 +10,7 @@ old=$(git rev-parse --short "$1"); new=$(git rev-parse --short "${2:-HEAD}")
 out=${3:-bench/results}
 photos=$(realpath "${4:-../shared/data/hymenoptera}")
 stamp=$(date +%Y%m%d)
-work=$(mktemp -d)
-git worktree add -q --detach "$work/$old" "$old"
-git worktree add -q --detach "$work/$new" "$new"
-cleanup() { git worktree remove --force "$work/$old"; git worktree remove --force "$work/$new"; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/worktrees.sh  # $work: a worktree of each revision
 mkdir -p "$out"
 one() {  # REV ROUND: the loader benchmark, then a demo training, of one revision
     (cd "$work/$1" && export PYTHONPATH=$PWD ETPP_CACHE="$work/cache-$1" &&

@@ -14,11 +14,7 @@ rounds=${4:-3}
 out=${5:-bench/results}
 [ -d "$tree/train" ] || { echo "bench/scan_revisions.sh: $tree has no train/ folder; build it with bench/scale.sh" >&2; exit 1; }
 stamp=$(date +%Y%m%d)
-work=$(mktemp -d)
-git worktree add -q --detach "$work/$old" "$old"
-git worktree add -q --detach "$work/$new" "$new"
-cleanup() { git worktree remove --force "$work/$old"; git worktree remove --force "$work/$new"; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/worktrees.sh  # $work: a worktree of each revision
 mkdir -p "$out"
 python - "$work" "$old" "$new" "$tree" "$rounds" "$out/scan-revisions-$old-$new-cpu-$stamp" <<'PY'
 import json
