@@ -197,6 +197,10 @@ def test_the_batched_walk_gives_what_probe_path_gives(tmp_path, hymenoptera):
     _, _, alone = headers._walk(heads.reshape(-1), np.arange(len(paths)) * 4096, np.array([r[0] for r in reads]),
                                 np.array([r[1] for r in reads]))
     assert np.count_nonzero(~alone[:397]) >= 380  # the photos, but those with longer headers (EXIF) or Photoshop blocks
+    assert getattr(headers._BUFFERS, "heads", None) is not None
+    with parallel.Prober(probe.TRUST, len(paths)) as prober:  # in this process: a scan's end lets the buffer go
+        assert len(prober.submit([("", paths)])()) == len(paths)
+    assert getattr(headers._BUFFERS, "heads", None) is None
 
 
 def test_damaged_index_files_are_rebuilt_never_trusted(tmp_path, hymenoptera, capsys):

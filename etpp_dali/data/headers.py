@@ -36,7 +36,7 @@ from etpp_dali.data.probe import (
 )
 from etpp_dali.data.records import format_code
 
-__all__ = ["Piece", "probe_batch"]
+__all__ = ["Piece", "probe_batch", "release_buffer"]
 
 _MAX_SEGMENTS = 64   # more segments before the scan than this: probed alone
 _MAX_TABLES = 4      # quantisation tables in one DQT segment (a JPEG has at most 4)
@@ -159,9 +159,14 @@ def _read(item: tuple[int | None, str, memoryview], check: bool) -> tuple[int, i
         os.close(fd)
 
 
+def release_buffer() -> None:
+    """Let this thread's header buffer go (a scan's end: a training process keeps no 8 MB for it)."""
+    _BUFFERS.__dict__.pop("heads", None)
+
+
 def _buffer(n: int) -> np.ndarray:
-    """This thread's buffer for ``n`` headers, kept from batch to batch (a fresh one costs its page
-    faults every time, as much as the walk)."""
+    """This thread's buffer for ``n`` headers, kept from batch to batch until
+    :func:`release_buffer` (a fresh one costs its page faults every time, as much as the walk)."""
     heads = getattr(_BUFFERS, "heads", None)
     if heads is None or len(heads) < n:
         heads = _BUFFERS.heads = np.zeros((n, HEAD_BYTES), np.uint8)

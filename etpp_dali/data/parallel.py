@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
-from etpp_dali.data.headers import Piece, probe_batch
+from etpp_dali.data.headers import Piece, probe_batch, release_buffer
 from etpp_dali.data.probe import ProbeColumns
 from etpp_dali.util.threads import usable_cores
 
@@ -71,6 +71,7 @@ class Prober:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        release_buffer()  # probed here when there was no pool
         if self._pool is not None:
             self._pool.terminate()  # every result was collected (or the scan failed): nothing to wait for
             self._pool = None
