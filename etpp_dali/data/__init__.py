@@ -1,6 +1,7 @@
 """The data wing: where encoded images come from, checked before any work.
 
-Inspecting a file (:mod:`.probe`: header and end marker, a fast path for JPEG), the compact index
+Inspecting a file (:mod:`.probe`: header and end marker, a fast path for JPEG; many at once in
+worker processes: :mod:`.headers`, :mod:`.parallel`), the compact index
 of a source (:mod:`.index`, :mod:`.store`: one memory-mapped file per source, built once per node
 under a lock, rescanned incrementally), scanning an ImageFolder tree (:mod:`.scan`,
 :mod:`.folders`), file lists and WebDataset shards (:mod:`.lists`, :mod:`.shards`), the sources

@@ -43,7 +43,7 @@ _MAX_TABLES = 4      # quantisation tables in one DQT segment (a JPEG has at mos
 _JPEG = format_code("JPEG")
 _BUFFERS = threading.local()
 Piece = tuple[str, Sequence[str]]  # a folder prefix (or "") and names in it
-Mapper = Callable[[Callable[[str], Any], Sequence[str]], list] | None
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list]  # [f(x) for x in items], as the caller runs it
 
 
 def _table(values: Sequence[int]) -> np.ndarray:
@@ -55,7 +55,7 @@ def _table(values: Sequence[int]) -> np.ndarray:
 _IS_KNOWN, _IS_SOF, _IS_INSPECTED = _table(KNOWN_MARKERS), _table(SOF_MARKERS), _table(INSPECTED_MARKERS)
 
 
-def probe_batch(pieces: Sequence[Piece], level: int, mapper: Mapper = None) -> ProbeColumns:
+def probe_batch(pieces: Sequence[Piece], level: int, mapper: Mapper | None = None) -> ProbeColumns:
     """``probe_path(prefix + name, level)`` of every name of the pieces ``(prefix, names)``, in
     order, as columns (see the module docstring). A prefix is a folder (ending in a separator,
     opened once: its files are opened by name) or ``""`` (names are paths). ``mapper(f, items)`` is
@@ -92,7 +92,7 @@ def probe_batch(pieces: Sequence[Piece], level: int, mapper: Mapper = None) -> P
                        ["truncated JPEG (no end-of-image marker)"] * len(truncated))
     bad, why = [], []
     for i in np.flatnonzero(alone).tolist():
-        probe = _alone(pieces[owner[i]][0] + names[i], heads[i, :max(0, reads[i])].tobytes(), tails[i], sizes[i],
+        probe = _alone(pieces[owner[i]][0] + names[i], heads[i, :reads[i]].tobytes(), tails[i], sizes[i],
                        mtimes[i], level)
         out.size[i], out.mtime[i], out.code[i], out.height[i], out.width[i], reason = probe
         if reason:

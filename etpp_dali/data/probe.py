@@ -131,7 +131,7 @@ def probe_range(fd: int, offset: int, size: int, level: int = CHECK) -> Probe:
     member); the mtime is 0. Reads the first and last bytes; all of them only for Pillow."""
     head = os.pread(fd, min(size, HEAD_BYTES), offset)
     fast = jpeg_fast(head, size, level, lambda n: os.pread(fd, n, offset),
-                      lambda: os.pread(fd, TAIL_BYTES, offset + size - TAIL_BYTES))
+                     lambda: os.pread(fd, TAIL_BYTES, offset + size - TAIL_BYTES))
     if fast is None:
         return probe_bytes(os.pread(fd, size, offset) if size > len(head) else head, level)
     return (size, 0) + fast
@@ -147,7 +147,7 @@ def probe_bytes(data: bytes, level: int = CHECK) -> Probe:
 
 
 def jpeg_fast(head: bytes, size: int, level: int, read_head: Callable[[int], bytes],
-               read_tail: Callable[[], bytes]) -> tuple[int, int, int, str] | None:
+              read_tail: Callable[[], bytes]) -> tuple[int, int, int, str] | None:
     """The verdict on a well-formed JPEG without Pillow, or ``None`` (Pillow decides)."""
     if size == 0:
         return 0, 0, 0, "zero bytes"
